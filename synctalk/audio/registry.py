@@ -1,0 +1,128 @@
+"""One entry per audio model: file name, per-frame shape, and how a window becomes a tensor.
+
+Row i of a feature file belongs to video frame i (25 fps). A network's audio input for frame i is
+the window of rows [i - left, i - left + window), zero-padded past either end, rearranged into
+`tensor_shape`. Everything else (datasets, SyncNet, UNet audio heads, rendering) asks this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import SyncTalkError
+
+FPS = 25
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class AudioModelSpec:
+    """Everything other code needs to know about one audio model's features."""
+
+    name: str
+    feature_file: str
+    frame_shape: tuple[int, ...]  # shape of one row (one video frame)
+    window: int  # rows per network input
+    left: int  # rows taken before frame i
+    tensor_shape: tuple[int, ...]  # the network's audio tensor for one frame
+    layout: str  # "reshape": plain reshape of the window; "mel": time-major mel → (1, bins, time)
+    needs_weights: bool
+    description: str
+
+    def window_rows(self, features: np.ndarray, index: int) -> np.ndarray:
+        """Rows [index-left, index-left+window) of `features`, zero-padded at the ends."""
+        n = features.shape[0]
+        lo, hi = index - self.left, index - self.left + self.window
+        out = np.zeros((self.window, *features.shape[1:]), dtype=np.float32)
+        src_lo, src_hi = max(lo, 0), min(hi, n)
+        if src_hi > src_lo:
+            out[src_lo - lo : src_hi - lo] = features[src_lo:src_hi]
+        return out
+
+    def arrange(self, rows: np.ndarray) -> np.ndarray:
+        """(window, *frame_shape) → tensor_shape (numpy)."""
+        if self.layout == "mel":
+            bins = self.frame_shape[-1]
+            return np.ascontiguousarray(rows.reshape(-1, bins).T)[None]
+        return rows.reshape(self.tensor_shape)
+
+    def window_tensor(self, features: np.ndarray, index: int) -> np.ndarray:
+        """The network's audio input for frame `index`, float32 of `tensor_shape`."""
+        return self.arrange(self.window_rows(features, index)).astype(np.float32, copy=False)
+
+    def batch_windows(self, features, indices):
+        """Torch version for a batch: features (N, *frame_shape) tensor on any device, indices (B,)
+        long tensor on the same device → (B, *tensor_shape). Used by the GPU-resident loops."""
+        import torch
+        import torch.nn.functional as F
+
+        n = features.shape[0]
+        flat = features.reshape(n, -1)
+        padded = F.pad(flat, (0, 0, self.left, self.window - self.left))
+        offs = torch.arange(self.window, device=indices.device)
+        rows = padded[indices[:, None] + offs[None, :]]  # (B, window, D)
+        b = rows.shape[0]
+        if self.layout == "mel":
+            bins = self.frame_shape[-1]
+            return rows.reshape(b, -1, bins).transpose(1, 2).unsqueeze(1).contiguous()
+        return rows.reshape(b, *self.tensor_shape)
+
+
+_SPECS = {
+    "ave": AudioModelSpec(
+        name="ave",
+        feature_file="aud_ave.npy",
+        frame_shape=(512,),
+        window=16,
+        left=8,
+        tensor_shape=(32, 16, 16),
+        layout="reshape",
+        needs_weights=True,
+        description="Wav2Lip-style audio encoder on 80-bin mel (audio_visual_encoder.pth)",
+    ),
+    "hubert": AudioModelSpec(
+        name="hubert",
+        feature_file="aud_hubert.npy",
+        frame_shape=(2, 1024),
+        window=16,
+        left=8,
+        tensor_shape=(32, 32, 32),
+        layout="reshape",
+        needs_weights=True,
+        description="HuBERT last hidden state at 50 Hz (transformers; facebook/hubert-large-ls960-ft)",
+    ),
+    "wenet": AudioModelSpec(
+        name="wenet",
+        feature_file="aud_wenet.npy",
+        frame_shape=(16, 512),
+        window=8,
+        left=4,
+        tensor_shape=(128, 16, 32),
+        layout="reshape",
+        needs_weights=True,
+        description="WeNet conformer encoder (ONNX) on 80-bin fbank",
+    ),
+    "mel": AudioModelSpec(
+        name="mel",
+        feature_file="aud_mel.npy",
+        frame_shape=(4, 80),
+        window=16,
+        left=8,
+        tensor_shape=(1, 80, 64),
+        layout="mel",
+        needs_weights=False,
+        description="80-bin log-mel at 100 Hz; no pretrained weights, the networks learn from it",
+    ),
+}
+
+ASR_MODELS: tuple[str, ...] = tuple(_SPECS)
+
+
+def get_spec(name: str) -> AudioModelSpec:
+    """The registry entry of an audio model, or a clear error for an unknown name."""
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise SyncTalkError(f"unknown audio model {name!r}: choose one of {', '.join(ASR_MODELS)}") from None

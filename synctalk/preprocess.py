@@ -1,0 +1,411 @@
+"""Preprocessing: one video → dataset/<name>/ (frames, landmarks, crop boxes, audio, features, crop cache).
+
+Each part is recorded in the state file when it finishes, so a rerun skips it; the parts that
+write many files (frames, landmarks) skip the files already written, so a killed run resumes
+where it stopped. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import media
+from .audio.registry import ASR_MODELS, FPS, SAMPLE_RATE, get_spec
+from .errors import SyncTalkError
+from .fileio import atomic_path, cleanup_temporaries, save_npy_atomic, write_bytes_atomic, write_json_atomic
+from .layout import DatasetLayout, dataset_layout
+from .state import TrainingState
+
+LANDMARKERS = ("pfld", "dlib")
+MAX_NO_FACE_FRACTION = 0.5
+JPEG_QUALITY = 95
+
+
+@dataclass
+class PreprocessOptions:
+    """Everything one preprocessing run needs."""
+
+    video_path: Path
+    name: str
+    dataset_dir: Path = Path("dataset")
+    asr_model: str = "ave"
+    landmarker: str = "pfld"
+    fps: int = FPS
+    models_dir: Path | None = None
+    device: str = "auto"
+    skip_frames: bool = False
+    skip_landmarks: bool = False
+    skip_audio: bool = False
+    batch_size: int = 32
+    crop_cache: bool = True
+    progress: bool = True
+
+
+@dataclass
+class PreprocessResult:
+    """What a run did, for the batch table and the tests."""
+
+    name: str
+    layout: DatasetLayout
+    frame_count: int = 0
+    no_face_frames: int = 0
+    done_now: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def write_landmarks(path: Path, points: np.ndarray) -> None:
+    """Write one .lms file: one 'x y' line per point, full-frame pixels."""
+    text = "\n".join(f"{x:.2f} {y:.2f}" for x, y in points) + "\n"
+    write_bytes_atomic(path, text.encode("ascii"))
+
+
+def read_landmarks(path: Path) -> np.ndarray:
+    """Read one .lms file into a (P, 2) float32 array."""
+    return np.loadtxt(path, dtype=np.float32, ndmin=2)
+
+
+def load_all_landmarks(layout: DatasetLayout, count: int) -> np.ndarray:
+    """All landmark files of a dataset as (N, P, 2) float32."""
+    return np.stack([read_landmarks(layout.landmark_path(i)) for i in range(count)])
+
+
+def _check_options(opts: PreprocessOptions) -> DatasetLayout:
+    layout = dataset_layout(opts.dataset_dir, opts.name)
+    get_spec(opts.asr_model)  # unknown asr → SyncTalkError
+    if opts.landmarker not in LANDMARKERS:
+        raise SyncTalkError(f"unknown landmarker {opts.landmarker!r}: choose one of {', '.join(LANDMARKERS)}")
+    if opts.fps <= 0:
+        raise SyncTalkError(f"--fps must be positive, got {opts.fps}")
+    return layout
+
+
+def _check_weights(opts: PreprocessOptions, need_faces: bool, need_features: bool) -> None:
+    """Fail before any work when a weights file the run needs is missing."""
+    from .weights import resolve_model_file
+
+    if need_faces:
+        resolve_model_file("scrfd", opts.models_dir)
+        if opts.landmarker == "pfld":
+            resolve_model_file("pfld", opts.models_dir)
+            resolve_model_file("pfld_mean_face", opts.models_dir)
+    if need_features and opts.asr_model in ("ave", "wenet"):
+        resolve_model_file(opts.asr_model, opts.models_dir)
+
+
+def _source_video(opts: PreprocessOptions, layout: DatasetLayout, state: TrainingState, result: PreprocessResult) -> Path:
+    """Keep the video as dataset/<name>/<name>.mp4 and return the 25 fps file frames come from."""
+    src = Path(opts.video_path)
+    info = media.probe(src)
+    if not info.has_video:
+        raise SyncTalkError(f"{src} has no video track")
+    if not info.has_audio:
+        raise SyncTalkError(f"{src} has no audio track: the avatar learns from the person's speech")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    if src.resolve() != layout.video.resolve():
+        if not layout.video.exists() or layout.video.stat().st_size != src.stat().st_size:
+            with atomic_path(layout.video, suffix=".mp4") as tmp:
+                shutil.copyfile(src, tmp)
+            result.done_now.append("copy video")
+    needs_conversion = info.variable_fps or info.fps is None or abs(info.fps - opts.fps) > 1e-3
+    source = layout.video
+    if needs_conversion:
+        source = layout.fps_converted_video
+        if not source.exists():
+            media.convert_to_fps(layout.video, source, opts.fps)
+            result.done_now.append(f"convert {info.fps} fps → {opts.fps} fps")
+    state.set_top(fps=opts.fps, source_fps=info.fps, source_variable_fps=info.variable_fps,
+                  duration=info.duration, source_video=str(src))
+    return source
+
+
+def _extract_frames(opts: PreprocessOptions, layout: DatasetLayout, source: Path, state: TrainingState,
+                    result: PreprocessResult) -> int:
+    import cv2
+    from tqdm import tqdm
+
+    sec = state.section("preprocessing")
+    if sec.get("frames_done") and layout.frame_path(sec["frame_count"] - 1).exists():
+        result.skipped.append("frames")
+        return int(sec["frame_count"])
+    layout.frames_dir.mkdir(parents=True, exist_ok=True)
+    cleanup_temporaries(layout.frames_dir)
+    expected = media.probe(source).frame_count_at(opts.fps)
+    written = 0
+    count = 0
+    bar = tqdm(total=expected, desc="frames", unit="frame", disable=not opts.progress)
+    for i, frame in enumerate(media.iter_frames(source)):
+        path = layout.frame_path(i)
+        if not path.exists():
+            ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise SyncTalkError(f"could not encode frame {i} of {source}")
+            write_bytes_atomic(path, buf.tobytes())
+            written += 1
+        count = i + 1
+        bar.update(1)
+    bar.close()
+    if count == 0:
+        raise SyncTalkError(f"{opts.video_path} decoded to no frames")
+    for stale in sorted(layout.frames_dir.glob("*.jpg")):
+        if int(stale.stem) >= count:
+            stale.unlink()
+    state.update("preprocessing", frames_done=True, frame_count=count, completed=False)
+    result.done_now.append(f"frames ({written} written)")
+    return count
+
+
+def _extract_audio(opts: PreprocessOptions, layout: DatasetLayout, state: TrainingState, result: PreprocessResult) -> None:
+    if state.section("preprocessing").get("audio_done") and layout.audio_wav.exists():
+        result.skipped.append("audio")
+        return
+    media.extract_audio_wav(layout.video, layout.audio_wav, SAMPLE_RATE)
+    state.update("preprocessing", audio_done=True, sample_rate=SAMPLE_RATE)
+    result.done_now.append("audio")
+
+
+def _missing_file(layout: DatasetLayout) -> Path:
+    return layout.landmarks_dir / "no_face_frames.json"
+
+
+def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: int, state: TrainingState,
+                       result: PreprocessResult) -> None:
+    import cv2
+    from tqdm import tqdm
+
+    from .device import resolve_device
+    from .faces.detector import FaceDetector
+    from .faces.landmarks import create_landmarker
+    from .faces.pipeline import FaceLandmarkPipeline
+    from .weights import resolve_model_file
+
+    sec = state.section("preprocessing")
+    if sec.get("landmarks_done") and sec.get("landmarker") == opts.landmarker and layout.landmark_path(count - 1).exists():
+        result.skipped.append("landmarks")
+        result.no_face_frames = int(sec.get("no_face_frames", 0))
+        return
+    if sec.get("landmarker") not in (None, opts.landmarker):
+        # another topology: the old files are of no use
+        shutil.rmtree(layout.landmarks_dir, ignore_errors=True)
+        state.update("preprocessing", landmarks_done=False, crop_boxes_done=False, crop_cache_done=False)
+    layout.landmarks_dir.mkdir(parents=True, exist_ok=True)
+    cleanup_temporaries(layout.landmarks_dir)
+    state.update("preprocessing", landmarker=opts.landmarker)
+    state.set_top(landmarker=opts.landmarker)
+
+    missing_path = _missing_file(layout)
+    no_face: list[int] = json.loads(missing_path.read_text())["frames"] if missing_path.exists() else []
+    todo = [i for i in range(count) if not layout.landmark_path(i).exists()]
+    device = resolve_device(opts.device)
+    if todo:
+        detector = FaceDetector(resolve_model_file("scrfd", opts.models_dir), device=str(device))
+        landmarker = create_landmarker(opts.landmarker, opts.models_dir, device=str(device))
+        pipeline = FaceLandmarkPipeline(detector, landmarker)
+        prev = read_landmarks(layout.landmark_path(todo[0] - 1)) if todo[0] > 0 else None
+        pending: list[int] = []  # leading frames with no face wait for the first face found
+        bar = tqdm(total=count, initial=count - len(todo), desc=f"landmarks ({opts.landmarker})", unit="frame",
+                   disable=not opts.progress)
+        for start in range(0, len(todo), opts.batch_size):
+            idx = todo[start:start + opts.batch_size]
+            frames = [cv2.imread(str(layout.frame_path(i))) for i in idx]
+            for i, f in zip(idx, frames):
+                if f is None:
+                    raise SyncTalkError(f"frame {layout.frame_path(i)} is unreadable; rerun with the frames step")
+            lms, found = pipeline.process(frames)
+            batch_missing = []
+            for i, pts, ok in zip(idx, lms, found):
+                if ok:
+                    prev = pts
+                    for j in pending:
+                        write_landmarks(layout.landmark_path(j), pts)
+                    pending = []
+                    write_landmarks(layout.landmark_path(i), pts)
+                else:
+                    batch_missing.append(i)
+                    if prev is None:
+                        pending.append(i)
+                    else:
+                        write_landmarks(layout.landmark_path(i), prev)
+            if batch_missing:
+                no_face = sorted(set(no_face) | set(batch_missing))
+                write_json_atomic(missing_path, {"frames": no_face})
+            bar.update(len(idx))
+        bar.close()
+        if pending:
+            raise SyncTalkError(f"no face found in any frame of {opts.video_path} ({count} frames)")
+    if len(no_face) > MAX_NO_FACE_FRACTION * count:
+        raise SyncTalkError(
+            f"no face found in {len(no_face)} of {count} frames of {opts.video_path}: "
+            "the video must show one face, looking at the camera, in most frames"
+        )
+    if no_face:
+        print(f"note: {len(no_face)} of {count} frames had no face; they reuse the previous frame's landmarks")
+    result.no_face_frames = len(no_face)
+    n_points = read_landmarks(layout.landmark_path(0)).shape[0]
+    state.update("preprocessing", landmarks_done=True, landmark_count=count, no_face_frames=len(no_face),
+                 landmark_points=n_points, crop_boxes_done=False, crop_cache_done=False)
+    result.done_now.append(f"landmarks ({len(todo)} frames, {len(no_face)} without a face)")
+
+
+def _crop_boxes(opts: PreprocessOptions, layout: DatasetLayout, count: int, state: TrainingState,
+                result: PreprocessResult) -> None:
+    import cv2
+
+    from .faces.crop import crop_boxes_from_landmarks, smooth_boxes
+    from .faces.topology import get_topology
+
+    sec = state.section("preprocessing")
+    if sec.get("crop_boxes_done") and layout.crop_boxes.exists():
+        result.skipped.append("crop boxes")
+        return
+    lms = load_all_landmarks(layout, count)
+    topology = get_topology("pfld110" if lms.shape[1] == 110 else "dlib68")
+    h, w = cv2.imread(str(layout.frame_path(0))).shape[:2]
+    raw = crop_boxes_from_landmarks(lms, topology, (h, w))
+    smooth = smooth_boxes(raw, frame_hw=(h, w)) if _accepts_frame_hw(smooth_boxes) else smooth_boxes(raw)
+    save_npy_atomic(layout.raw_crop_boxes, raw.astype(np.int32))
+    save_npy_atomic(layout.crop_boxes, smooth.astype(np.int32))
+    state.update("preprocessing", crop_boxes_done=True, topology=topology.name, frame_size=[w, h],
+                 crop_cache_done=False)
+    result.done_now.append("crop boxes")
+
+
+def _accepts_frame_hw(fn: Any) -> bool:
+    import inspect
+
+    return "frame_hw" in inspect.signature(fn).parameters
+
+
+def _features(opts: PreprocessOptions, layout: DatasetLayout, count: int, state: TrainingState,
+              result: PreprocessResult) -> None:
+    from .audio.features import compute_features
+    from .device import resolve_device
+
+    spec = get_spec(opts.asr_model)
+    sec = state.section("preprocessing")
+    made = dict(sec.get("feature_files") or {})
+    path = layout.features(opts.asr_model)
+    if opts.asr_model in made and path.exists():
+        try:
+            rows = np.load(path, mmap_mode="r").shape[0]
+        except (ValueError, OSError):
+            rows = -1
+        if rows == count:
+            result.skipped.append(f"features ({opts.asr_model})")
+            return
+    audio = media.load_audio(layout.audio_wav, SAMPLE_RATE)
+    feats = compute_features(opts.asr_model, audio, count, models_dir=opts.models_dir,
+                             device=str(resolve_device(opts.device)), progress=opts.progress)
+    if feats.shape != (count, *spec.frame_shape):
+        raise SyncTalkError(f"{opts.asr_model} features came out {feats.shape}, expected {(count, *spec.frame_shape)}")
+    save_npy_atomic(path, feats.astype(np.float32))
+    made[opts.asr_model] = path.name
+    state.update("preprocessing", feature_files=made, asr_models=sorted(made))
+    result.done_now.append(f"features ({opts.asr_model})")
+
+
+def _crop_cache(opts: PreprocessOptions, layout: DatasetLayout, state: TrainingState, result: PreprocessResult) -> None:
+    from .data import build_crop_cache
+
+    if state.section("preprocessing").get("crop_cache_done") and layout.crop_cache.exists():
+        result.skipped.append("crop cache")
+        return
+    build_crop_cache(layout, progress=opts.progress)
+    state.update("preprocessing", crop_cache_done=True, crop_cache=layout.crop_cache.name)
+    result.done_now.append("crop cache")
+
+
+def preprocess_video(opts: PreprocessOptions) -> PreprocessResult:
+    """Run (or finish) preprocessing of one video; return what was done and skipped."""
+    t0 = time.time()
+    layout = _check_options(opts)
+    video = Path(opts.video_path)
+    if not video.is_file():
+        raise SyncTalkError(f"video not found: {video}")
+    state = TrainingState(layout.state_file)
+    prev = state.section("preprocessing")
+    need_faces = not opts.skip_landmarks and not (prev.get("landmarks_done") and prev.get("landmarker") == opts.landmarker)
+    made = prev.get("feature_files") or {}
+    need_features = not opts.skip_audio and opts.asr_model not in made
+    _check_weights(opts, need_faces, need_features)
+
+    result = PreprocessResult(name=opts.name, layout=layout)
+    source = _source_video(opts, layout, state, result)
+    if opts.skip_frames:
+        count = int(prev.get("frame_count") or len(list(layout.frames_dir.glob("*.jpg"))))
+        if count == 0:
+            raise SyncTalkError(f"--skip_frames given but {layout.frames_dir} holds no frames")
+        result.skipped.append("frames (--skip_frames)")
+        if not prev.get("frames_done"):
+            state.update("preprocessing", frames_done=True, frame_count=count)
+    else:
+        count = _extract_frames(opts, layout, source, state, result)
+    result.frame_count = count
+    if opts.skip_audio:
+        result.skipped.append("audio (--skip_audio)")
+    else:
+        _extract_audio(opts, layout, state, result)
+    if opts.skip_landmarks:
+        result.skipped.append("landmarks (--skip_landmarks)")
+    else:
+        _extract_landmarks(opts, layout, count, state, result)
+        _crop_boxes(opts, layout, count, state, result)
+    if not opts.skip_audio:
+        _features(opts, layout, count, state, result)
+    if opts.crop_cache and layout.crop_boxes.exists():
+        _crop_cache(opts, layout, state, result)
+
+    sec = state.section("preprocessing")
+    done = bool(sec.get("frames_done") and sec.get("audio_done") and sec.get("landmarks_done")
+                and sec.get("crop_boxes_done") and sec.get("feature_files"))
+    state.update("preprocessing", completed=done, frame_count=count,
+                 landmark_count=int(sec.get("landmark_count", 0)))
+    state.set_top(landmarker=sec.get("landmarker", opts.landmarker), asr_model=opts.asr_model)
+    result.seconds = time.time() - t0
+    return result
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `synctalk preprocess` / scripts/preprocess_data.py (the seed's names)."""
+    p.add_argument("--video_path", required=True, help="the person's talking video")
+    p.add_argument("--name", required=True, help="person name: dataset/<name>/")
+    p.add_argument("--asr_model", "--asr", dest="asr_model", default="ave", choices=ASR_MODELS,
+                   help="audio features to compute (default ave; mel needs no weights)")
+    p.add_argument("--dataset_dir", default="dataset", type=Path)
+    p.add_argument("--fps", default=FPS, type=int, help="target frame rate (default 25)")
+    p.add_argument("--landmarker", default="pfld", choices=LANDMARKERS, help="pfld (110 points) or dlib (68, offline)")
+    p.add_argument("--models_dir", type=Path, default=None, help="where model weights are looked for first")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
+    p.add_argument("--batch_size", type=int, default=32, help="frames per landmark batch")
+    p.add_argument("--skip_frames", action="store_true", help="do not extract frames (they are there)")
+    p.add_argument("--skip_landmarks", action="store_true", help="do not detect landmarks")
+    p.add_argument("--skip_audio", action="store_true", help="do not extract audio or features")
+    p.add_argument("--no_crop_cache", action="store_true", help="do not build the training crop cache now")
+
+
+def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
+    """PreprocessOptions from parsed flags."""
+    return PreprocessOptions(video_path=Path(args.video_path), name=args.name, dataset_dir=Path(args.dataset_dir),
+                             asr_model=args.asr_model, landmarker=args.landmarker, fps=args.fps,
+                             models_dir=args.models_dir, device=args.device, skip_frames=args.skip_frames,
+                             skip_landmarks=args.skip_landmarks, skip_audio=args.skip_audio,
+                             batch_size=args.batch_size, crop_cache=not args.no_crop_cache)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `synctalk preprocess`."""
+    result = preprocess_video(options_from_args(args))
+    done = ", ".join(result.done_now) or "nothing (all done before)"
+    print(f"{result.name}: {result.frame_count} frames; did {done}; {result.seconds:.1f} s → {result.layout.root}")
+    return 0

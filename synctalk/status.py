@@ -1,0 +1,72 @@
+"""`synctalk status NAME`: the dataset's state as a table — what is done, counts, what is next."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import SyncTalkError
+from .layout import checkpoint_layout, dataset_layout
+from .state import TrainingState
+
+
+def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[list[tuple[str, str, str]], str]:
+    """(step, state, detail) rows and the next command to run."""
+    layout = dataset_layout(dataset_dir, name)
+    if not layout.root.exists():
+        raise SyncTalkError(f"no dataset for {name!r} in {dataset_dir} (run `synctalk preprocess --name {name} ...`)")
+    state = TrainingState(layout.state_file)
+    data = state.load()
+    pre = data.get("preprocessing") or {}
+    syn = data.get("syncnet_training") or {}
+    main = data.get("main_training") or {}
+
+    def mark(ok: bool) -> str:
+        return "[green]done[/]" if ok else "[yellow]todo[/]"
+
+    rows = [
+        ("frames", mark(bool(pre.get("frames_done"))), f"{pre.get('frame_count', 0)} frames at {data.get('fps', '?')} fps"),
+        ("audio", mark(bool(pre.get("audio_done"))), str(layout.audio_wav.name) if layout.audio_wav.exists() else ""),
+        ("landmarks", mark(bool(pre.get("landmarks_done"))),
+         f"{pre.get('landmark_count', 0)} files, {pre.get('landmarker', '?')}, {pre.get('no_face_frames', 0)} without a face"),
+        ("crop boxes", mark(bool(pre.get("crop_boxes_done"))), pre.get("topology", "")),
+        ("features", mark(bool(pre.get("feature_files"))), ", ".join(sorted(pre.get("feature_files") or {}))),
+        ("crop cache", mark(bool(pre.get("crop_cache_done"))), pre.get("crop_cache", "")),
+        ("syncnet", mark(bool(syn.get("completed"))),
+         f"{syn.get('epochs', 0)} epochs, asr {syn.get('asr', '?')}" + (f", from {syn['reused_from']}" if syn.get("reused_from") else "")),
+        ("unet", mark(bool(main.get("completed"))), f"{main.get('epochs', 0)} epochs, {len(main.get('checkpoints') or [])} checkpoints"),
+    ]
+    ckpt = checkpoint_layout(checkpoint_dir, name)
+    if not pre.get("completed"):
+        nxt = f"synctalk preprocess --video_path {layout.video} --name {name}"
+    elif not syn.get("completed"):
+        nxt = f"python scripts/train_328.py --name {name} --train_syncnet"
+    elif not main.get("completed"):
+        nxt = f"python scripts/train_328.py --name {name}" + (" --continue_training" if ckpt.latest(ckpt.unet_dir).exists() else "")
+    else:
+        nxt = f"synctalk infer --name {name} --audio_path speech.wav"
+    return rows, nxt
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `synctalk status`."""
+    p.add_argument("name")
+    p.add_argument("--dataset_dir", type=Path, default=Path("dataset"))
+    p.add_argument("--checkpoint_dir", type=Path, default=Path("checkpoint"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `synctalk status`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows, nxt = status_rows(args.dataset_dir, args.checkpoint_dir, args.name)
+    table = Table(title=f"{args.name}")
+    for col in ("step", "state", "detail"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r)
+    console = Console()
+    console.print(table)
+    console.print(f"next: [bold]{nxt}[/]")
+    return 0

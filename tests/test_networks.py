@@ -1,0 +1,185 @@
+"""The networks: UNet-328 and its audio heads, the SyncNet critic, and the training losses (CPU, tiny widths)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synctalk.audio.registry import ASR_MODELS, get_spec
+from synctalk.errors import SyncTalkError
+from synctalk.losses import PerceptualLoss, VGG19Features, load_perceptual_loss, sync_loss
+from unet_328 import SyncNet, build_unet, count_parameters
+
+torch.set_num_threads(2)
+
+
+def _audio(asr: str, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, *get_spec(asr).tensor_shape, generator=g)
+
+
+def _images(batch: int = 1, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 6, 320, 320, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("asr", ASR_MODELS)
+def test_unet_shapes_and_range_for_every_audio_model(asr: str) -> None:
+    net = build_unet(asr, "tiny").eval()
+    with torch.no_grad():
+        out = net(_images(), _audio(asr))
+        assert net.audio_model(_audio(asr, batch=2)).shape == (2, 32, 10, 10)
+    assert out.shape == (1, 3, 320, 320)
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    assert net.config == {"asr": asr, "width": "tiny"}
+
+
+@pytest.mark.parametrize("asr", ASR_MODELS)
+def test_syncnet_embeddings_unit_norm_and_logits_finite(asr: str) -> None:
+    net = SyncNet(asr, "tiny").eval()
+    face = torch.rand(2, 3, 320, 320)
+    with torch.no_grad():
+        a, v = net(face, _audio(asr, batch=2))
+        logits = net.logits(a, v)
+    assert a.shape == (2, 512) and v.shape == (2, 512)
+    torch.testing.assert_close(a.norm(dim=1), torch.ones(2))
+    torch.testing.assert_close(v.norm(dim=1), torch.ones(2))
+    assert logits.shape == (2,) and torch.isfinite(logits).all()
+    # the face encoder sees only the lower half of the crop
+    changed = face.clone()
+    changed[:, :, :160] = torch.rand(2, 3, 160, 320)
+    with torch.no_grad():
+        torch.testing.assert_close(net.encode_face(changed), v)
+
+
+def test_full_width_parameter_counts() -> None:
+    full = count_parameters(build_unet("ave", "full"))
+    mobile = count_parameters(build_unet("ave", "mobile"))
+    assert 10e6 < full < 14e6
+    assert mobile < full / 3
+    assert count_parameters(SyncNet("ave", "full")) > count_parameters(SyncNet("ave", "mobile"))
+
+
+def test_full_width_checkpoint_layout() -> None:
+    """Key names and shapes of the full-width ave UNet follow the SyncTalk_2D checkpoint layout."""
+    sd = build_unet("ave", "full").state_dict()
+    assert len(sd) == 556
+    assert sd["inc.inconv.0.conv.0.weight"].shape == (12, 6, 1, 1)
+    assert sd["down5.maxpool_conv.0.double_conv.1.conv.7.running_var"].shape == (512,)
+    assert sd["audio_model.conv5.weight"].shape == (512, 256, 3, 3)
+    assert sd["fuse_conv.0.double_conv.0.conv.0.weight"].shape == (2048, 1024, 1, 1)
+    assert sd["up5.conv.double_conv.0.conv.0.weight"].shape == (128, 64, 1, 1)
+    assert sd["outc.conv.weight"].shape == (3, 16, 1, 1)
+
+
+def test_unknown_width_and_wrong_audio_are_clear_errors() -> None:
+    with pytest.raises(SyncTalkError, match="width"):
+        build_unet("ave", "huge")
+    net = build_unet("ave", "tiny")
+    with pytest.raises(SyncTalkError, match="hubert|audio"):
+        net(_images(), _audio("hubert"))
+    with pytest.raises(SyncTalkError, match="audio"):
+        SyncNet("ave", "tiny")(torch.rand(1, 3, 320, 320), _audio("wenet"))
+
+
+def test_gradient_step_changes_weights() -> None:
+    torch.manual_seed(0)
+    net = build_unet("hubert", "tiny").train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}
+    img, aud = _images(2), _audio("hubert", 2)
+    target = img[:, 3:]
+    loss0 = torch.nn.functional.l1_loss(net(img, aud), target)
+    opt.zero_grad()
+    loss0.backward()
+    opt.step()
+    moved = [k for k, v in net.named_parameters() if not torch.equal(v, before[k])]
+    assert "audio_model.conv1.conv.0.weight" in moved and "outc.conv.weight" in moved and "inc.inconv.0.conv.0.weight" in moved
+    assert len(moved) == len(before)
+
+
+def test_mel_head_depends_on_audio() -> None:
+    torch.manual_seed(0)
+    # training mode: at initialisation the running batch-norm statistics are placeholders, so an
+    # untrained network in eval mode attenuates every input; batch statistics show the real wiring
+    net = build_unet("mel", "tiny").train()
+    img = _images()
+    audio = _audio("mel").requires_grad_(True)
+    out = net(img, audio)
+    out.mean().backward()
+    assert audio.grad is not None and audio.grad.abs().sum() > 0
+    with torch.no_grad():
+        other = net(img, _audio("mel", seed=1))
+    assert (other - out.detach()).abs().max() > 1e-2
+
+
+def test_syncnet_training_step_and_sync_loss_gradient() -> None:
+    torch.manual_seed(0)
+    net = SyncNet("mel", "tiny")
+    face, audio = torch.rand(4, 3, 320, 320), _audio("mel", 4)
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    scale_before = net.logit_scale.detach().clone()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(net.logits(*net(face, audio)), labels)
+    loss.backward()
+    opt.step()
+    assert net.logit_scale.detach() != scale_before
+    # as a frozen critic: the loss is a finite scalar and its gradient reaches the generated face
+    opt.zero_grad(set_to_none=True)
+    net.eval().requires_grad_(False)
+    gen = torch.rand(2, 3, 320, 320, requires_grad=True)
+    sl = sync_loss(net, gen, audio[:2])
+    sl.backward()
+    assert sl.dim() == 0 and torch.isfinite(sl)
+    assert gen.grad is not None and gen.grad[:, :, 160:].abs().sum() > 0
+    assert all(p.grad is None for p in net.parameters())
+
+
+def _torchvision_layout_state_dict() -> dict[str, torch.Tensor]:
+    """A randomly initialised state dict shaped like torchvision's vgg19 (features + classifier)."""
+    sd = {k: v.clone() for k, v in VGG19Features().state_dict().items()}
+    # deeper feature layers and the classifier are present in the real file and must be ignored
+    sd["features.16.weight"] = torch.randn(256, 256, 3, 3)
+    sd["features.16.bias"] = torch.zeros(256)
+    sd["classifier.0.weight"] = torch.randn(8, 16)
+    sd["classifier.0.bias"] = torch.zeros(8)
+    return sd
+
+
+def test_vgg_loader_accepts_torchvision_layout_file(tmp_path) -> None:
+    sd = _torchvision_layout_state_dict()
+    path = tmp_path / "vgg19-dcbb9e9d.pth"
+    torch.save(sd, path)
+    loss = PerceptualLoss(path)
+    torch.testing.assert_close(loss.vgg.features[14].weight, sd["features.14.weight"])
+    assert not loss.training and not any(p.requires_grad for p in loss.parameters())
+    loss.train()
+    assert not loss.training
+    pred = torch.rand(1, 3, 48, 48, requires_grad=True)
+    target = torch.rand(1, 3, 48, 48)
+    value = loss(pred, target)
+    value.backward()
+    assert value.dim() == 0 and value > 0 and pred.grad is not None
+    assert loss(target, target).item() == 0.0
+
+
+def test_vgg_loader_rejects_wrong_file(tmp_path) -> None:
+    wrong = tmp_path / "not_vgg.pth"
+    torch.save({"conv.weight": torch.randn(3, 3)}, wrong)
+    with pytest.raises(SyncTalkError, match="not a VGG19 checkpoint"):
+        PerceptualLoss(wrong)
+    bad_shape = _torchvision_layout_state_dict()
+    bad_shape["features.5.weight"] = torch.randn(128, 32, 3, 3)
+    with pytest.raises(SyncTalkError, match="shape mismatch"):
+        PerceptualLoss(state_dict=bad_shape)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"this is not a torch file")
+    with pytest.raises(SyncTalkError, match="cannot read VGG19 weights"):
+        PerceptualLoss(garbage)
+    with pytest.raises(SyncTalkError, match="not found"):
+        PerceptualLoss(tmp_path / "missing.pth")
+
+
+def test_load_perceptual_loss_specs() -> None:
+    assert load_perceptual_loss("none") is None
+    with pytest.raises(SyncTalkError, match="vgg19"):
+        load_perceptual_loss("lpips")

@@ -13,6 +13,7 @@ setup(
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
         "onnxruntime>=1.16",
+        "onnx>=1.14",
         "transformers>=4.40",
         "python_speech_features>=0.6",
         "soundfile>=0.12",
@@ -22,6 +23,6 @@ setup(
         "dlib-bin>=19.24",
         "face_recognition_models>=0.3",
     ],
-    extras_require={"test": ["pytest>=7", "onnx>=1.14"]},
+    extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["synctalk=synctalk.cli:entry"]},
 )

@@ -270,18 +270,12 @@ def _crop_boxes(opts: PreprocessOptions, layout: DatasetLayout, count: int, stat
     topology = get_topology("pfld110" if lms.shape[1] == 110 else "dlib68")
     h, w = cv2.imread(str(layout.frame_path(0))).shape[:2]
     raw = crop_boxes_from_landmarks(lms, topology, (h, w))
-    smooth = smooth_boxes(raw, frame_hw=(h, w)) if _accepts_frame_hw(smooth_boxes) else smooth_boxes(raw)
+    smooth = smooth_boxes(raw, frame_hw=(h, w))
     save_npy_atomic(layout.raw_crop_boxes, raw.astype(np.int32))
     save_npy_atomic(layout.crop_boxes, smooth.astype(np.int32))
     state.update("preprocessing", crop_boxes_done=True, topology=topology.name, frame_size=[w, h],
                  crop_cache_done=False)
     result.done_now.append("crop boxes")
-
-
-def _accepts_frame_hw(fn: Any) -> bool:
-    import inspect
-
-    return "frame_hw" in inspect.signature(fn).parameters
 
 
 def _features(opts: PreprocessOptions, layout: DatasetLayout, count: int, state: TrainingState,

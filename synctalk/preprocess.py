@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ class PreprocessOptions:
     skip_landmarks: bool = False
     skip_audio: bool = False
     batch_size: int = 32
+    detect_workers: int = 0  # 0: one per two CPU cores, at most 8
     crop_cache: bool = True
     progress: bool = True
 
@@ -172,6 +175,10 @@ def _extract_audio(opts: PreprocessOptions, layout: DatasetLayout, state: Traini
     result.done_now.append("audio")
 
 
+def _auto_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 1) // 2))
+
+
 def _missing_file(layout: DatasetLayout) -> Path:
     return layout.landmarks_dir / "no_face_frames.json"
 
@@ -208,14 +215,24 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
     if todo:
         detector = FaceDetector(resolve_model_file("scrfd", opts.models_dir), device=str(device))
         landmarker = create_landmarker(opts.landmarker, opts.models_dir, device=str(device))
-        pipeline = FaceLandmarkPipeline(detector, landmarker)
+        workers = opts.detect_workers or _auto_workers()
+        pipeline = FaceLandmarkPipeline(detector, landmarker, workers=workers)
+        reader = ThreadPoolExecutor(max(2, workers))
+
+        def read_batch(idx: list[int]) -> list[Any]:
+            return list(reader.map(lambda i: cv2.imread(str(layout.frame_path(i))), idx))
+
+        batches = [todo[s:s + opts.batch_size] for s in range(0, len(todo), opts.batch_size)]
+        # the next batch is decoded while the current one runs through the networks
+        next_frames = reader.submit(read_batch, batches[0])
         prev = read_landmarks(layout.landmark_path(todo[0] - 1)) if todo[0] > 0 else None
         pending: list[int] = []  # leading frames with no face wait for the first face found
         bar = tqdm(total=count, initial=count - len(todo), desc=f"landmarks ({opts.landmarker})", unit="frame",
                    disable=not opts.progress)
-        for start in range(0, len(todo), opts.batch_size):
-            idx = todo[start:start + opts.batch_size]
-            frames = [cv2.imread(str(layout.frame_path(i))) for i in idx]
+        for b, idx in enumerate(batches):
+            frames = next_frames.result()
+            if b + 1 < len(batches):
+                next_frames = reader.submit(read_batch, batches[b + 1])
             for i, f in zip(idx, frames):
                 if f is None:
                     raise SyncTalkError(f"frame {layout.frame_path(i)} is unreadable; rerun with the frames step")
@@ -239,6 +256,7 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
                 write_json_atomic(missing_path, {"frames": no_face})
             bar.update(len(idx))
         bar.close()
+        reader.shutdown()
         if pending:
             raise SyncTalkError(f"no face found in any frame of {opts.video_path} ({count} frames)")
     if len(no_face) > MAX_NO_FACE_FRACTION * count:
@@ -382,6 +400,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models_dir", type=Path, default=None, help="where model weights are looked for first")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     p.add_argument("--batch_size", type=int, default=32, help="frames per landmark batch")
+    p.add_argument("--detect_workers", type=int, default=0,
+                   help="face-detector sessions run in parallel (default: one per two CPU cores, at most 8)")
     p.add_argument("--skip_frames", action="store_true", help="do not extract frames (they are there)")
     p.add_argument("--skip_landmarks", action="store_true", help="do not detect landmarks")
     p.add_argument("--skip_audio", action="store_true", help="do not extract audio or features")
@@ -394,7 +414,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
                              asr_model=args.asr_model, landmarker=args.landmarker, fps=args.fps,
                              models_dir=args.models_dir, device=args.device, skip_frames=args.skip_frames,
                              skip_landmarks=args.skip_landmarks, skip_audio=args.skip_audio,
-                             batch_size=args.batch_size, crop_cache=not args.no_crop_cache)
+                             batch_size=args.batch_size, detect_workers=args.detect_workers,
+                             crop_cache=not args.no_crop_cache)
 
 
 def run(args: argparse.Namespace) -> int:

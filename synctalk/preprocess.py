@@ -100,8 +100,10 @@ def _check_weights(opts: PreprocessOptions, need_faces: bool, need_features: boo
         if opts.landmarker == "pfld":
             resolve_model_file("pfld", opts.models_dir)
             resolve_model_file("pfld_mean_face", opts.models_dir)
-    if need_features and opts.asr_model in ("ave", "wenet"):
-        resolve_model_file(opts.asr_model, opts.models_dir)
+    if need_features:
+        from .audio.features import check_weights
+
+        check_weights(opts.asr_model, opts.models_dir)
 
 
 def _source_video(opts: PreprocessOptions, layout: DatasetLayout, state: TrainingState, result: PreprocessResult) -> Path:

@@ -7,7 +7,9 @@ written to a temporary name and renamed into place, so a crash never leaves a ha
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +22,19 @@ from .fileio import atomic_path
 
 
 def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary (imageio-ffmpeg's, or IMAGEIO_FFMPEG_EXE)."""
-    import imageio_ffmpeg
+    """Path of the ffmpeg binary: $IMAGEIO_FFMPEG_EXE, else imageio-ffmpeg's, else one on PATH."""
+    env = os.environ.get("IMAGEIO_FFMPEG_EXE")
+    if env:
+        return env
+    try:
+        import imageio_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        found = shutil.which("ffmpeg")
+        if found:
+            return found
+    raise SyncTalkError("no ffmpeg found: `pip install imageio-ffmpeg` (or set IMAGEIO_FFMPEG_EXE)")
 
 
 @dataclass(frozen=True)

@@ -15,3 +15,27 @@ def resolve_device(spec: "str | None" = "auto"):
 
         raise SyncTalkError(f"device {spec!r} asked for, but torch sees no CUDA GPU (is this a CPU build of torch?)")
     return dev
+
+
+MALLOC_MMAP_THRESHOLD = 512 << 20
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep glibc from returning big activation buffers to the OS after every layer (Linux only).
+
+    By default each large tensor is a fresh mmap, and touching it again costs a page fault per
+    4 KiB: on two cores that doubled a network's time. Raising the mmap threshold lets the heap
+    reuse the memory. Returns whether the setting was applied.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD) == 1
+        return bool(ok and libc.mallopt(m_trim_threshold, 2 * MALLOC_MMAP_THRESHOLD) == 1)
+    except (OSError, AttributeError):  # not glibc (musl, …): nothing to tune
+        return False

@@ -208,7 +208,9 @@ class VideoWriter:
             args += ["-i", str(self.audio_path)]
         args += ["-map", "0:v:0"]
         if self.audio_path is not None:
-            args += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "160k", "-shortest"]
+            # pad the audio with silence and stop with the video: audio a little shorter than
+            # ceil(duration × fps) frames must not drop the last frame
+            args += ["-map", "1:a:0", "-af", "apad", "-c:a", "aac", "-b:a", "160k", "-shortest"]
         # even dimensions are required by yuv420p
         args += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", self.preset,
                  "-crf", str(self.crf), "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", str(tmp)]

@@ -1,0 +1,130 @@
+"""Checkpoint files: one dict per file, written atomically, checked when read.
+
+A checkpoint is {kind: "syncnet"|"unet", model, optimizer, scaler, epoch, asr, config, metrics,
+rng}; `epoch` counts finished epochs. A run's folder holds `<epoch>.pth` (the newest few kept),
+checkpoint_latest.pth (resume point) and checkpoint_best.pth (by the run's validation metric).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import SyncTalkError
+from ..fileio import cleanup_temporaries, torch_save_atomic
+from ..layout import CheckpointLayout
+
+KINDS = ("syncnet", "unet")
+_EPOCH_FILE = re.compile(r"^(\d+)\.pth$")
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically (a kill leaves the old file or the new one)."""
+    if payload.get("kind") not in KINDS:
+        raise ValueError(f"checkpoint kind must be one of {KINDS}")
+    path = Path(path)
+    torch_save_atomic(payload, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint and check that it is a synctalk checkpoint of `kind`."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise SyncTalkError(f"checkpoint not found: {path}")
+    what = f"a {kind} checkpoint" if kind else "a synctalk checkpoint"
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # any unreadable file is "not a checkpoint", whatever the unpickler raised
+        raise SyncTalkError(f"{path} is not {what} (it could not be read: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or "kind" not in ckpt or "model" not in ckpt:
+        raise SyncTalkError(
+            f"{path} is not {what}: it has no 'kind'/'model' entries (a bare state dict or another program's file)"
+        )
+    if kind is not None and ckpt["kind"] != kind:
+        raise SyncTalkError(f"{path} is a {ckpt['kind']} checkpoint, not {what}")
+    return ckpt
+
+
+def check_asr(ckpt: dict[str, Any], asr: str, path: str | Path, fix: str = "") -> None:
+    """Raise when a checkpoint was made for other audio features than `asr`."""
+    have = ckpt.get("asr")
+    if have != asr:
+        raise SyncTalkError(
+            f"{path} was trained on {have!r} audio features, but this run uses {asr!r}" + (f"; {fix}" if fix else "")
+        )
+
+
+def epoch_files(directory: str | Path) -> list[tuple[int, Path]]:
+    """The `<epoch>.pth` files of a run folder, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for p in directory.iterdir():
+        m = _EPOCH_FILE.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def prune_epoch_files(directory: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` `<epoch>.pth` files (latest/best are never touched)."""
+    if keep <= 0:
+        return []
+    files = epoch_files(directory)
+    removed = []
+    for _epoch, p in files[:-keep]:
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def latest_path(directory: str | Path) -> Path:
+    """checkpoint_latest.pth of a run folder."""
+    return CheckpointLayout.latest(Path(directory))
+
+
+def best_path(directory: str | Path) -> Path:
+    """checkpoint_best.pth of a run folder."""
+    return CheckpointLayout.best(Path(directory))
+
+
+def find_resume(directory: str | Path, kind: str) -> dict[str, Any] | None:
+    """The checkpoint to resume a run from: checkpoint_latest.pth, else the newest `<epoch>.pth`."""
+    directory = Path(directory)
+    cleanup_temporaries(directory)  # a killed writer's leftovers
+    candidates = [latest_path(directory)] + [p for _e, p in reversed(epoch_files(directory))]
+    for p in candidates:
+        if p.is_file():
+            ckpt = load_checkpoint(p, kind)
+            ckpt["_path"] = str(p)
+            return ckpt
+    return None
+
+
+def clear_run(directory: str | Path) -> int:
+    """Remove a run's checkpoints (for --restart); other files are left alone."""
+    directory = Path(directory)
+    n = 0
+    for p in [latest_path(directory), best_path(directory)] + [p for _e, p in epoch_files(directory)]:
+        if p.exists():
+            p.unlink()
+            n += 1
+    return n
+
+
+def module_state(model: Any) -> dict[str, Any]:
+    """The state dict of a module, unwrapped from torch.compile / DistributedDataParallel."""
+    return unwrap(model).state_dict()
+
+
+def unwrap(model: Any) -> Any:
+    """The plain module inside torch.compile / DistributedDataParallel wrappers."""
+    inner = getattr(model, "_orig_mod", model)
+    if type(inner).__name__ == "DistributedDataParallel":
+        inner = inner.module
+    return getattr(inner, "_orig_mod", inner)

@@ -1,0 +1,291 @@
+"""SyncNet and UNet training: checkpoints, state, resume after a kill, reuse, mismatches, previews.
+
+Tiny networks on a 16-frame dataset made from a fixture clip, on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from helpers_training import copy_dataset, write_dataset
+from synctalk.cli import main
+from synctalk.layout import checkpoint_layout, dataset_layout
+
+N_FRAMES = 16
+FAST = ["--width", "tiny", "--batchsize", "4", "--val_fraction", "0.125", "--no_progress", "--device", "cpu",
+        "--syncnet_pairs_per_epoch", "0"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("src"), "src", n_frames=N_FRAMES)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch: pytest.MonkeyPatch):
+    # these tiny CPU runs gain little from a second thread and lose much when the cores are shared
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    (tmp_path / "dataset").mkdir()
+    return tmp_path
+
+
+def person(source: Path, work: Path, name: str) -> Path:
+    return copy_dataset(source, work / "dataset", name)
+
+
+def train(work: Path, name: str, *extra: str) -> int:
+    return main(["train", "--name", name, "--dataset_dir", str(work / "dataset"),
+                 "--checkpoint_dir", str(work / "checkpoint"), *FAST, *extra])
+
+
+def state_of(work: Path, name: str) -> dict:
+    return json.loads(dataset_layout(work / "dataset", name).state_file.read_text())
+
+
+def spawn(work: Path, name: str, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, str(REPO / "scripts" / "train_328.py"), "--name", name,
+           "--dataset_dir", str(work / "dataset"), "--checkpoint_dir", str(work / "checkpoint"), *FAST, *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def kill_after_first_epoch(proc: subprocess.Popen, state_file: Path, section: str, timeout: float = 150) -> list[dict]:
+    """Poll the state file (it must parse every time) until an epoch is recorded, then SIGKILL."""
+    seen = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        if state_file.exists():
+            data = json.loads(state_file.read_text())  # never half-written
+            seen.append(data)
+            if int((data.get(section) or {}).get("epochs", 0)) >= 1:
+                break
+        time.sleep(0.02)
+    else:
+        proc.kill()
+        pytest.fail("no epoch finished in time")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return seen
+
+
+def saved_epoch(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+
+
+# ---------------------------------------------------------------- SyncNet
+
+
+def test_syncnet_writes_checkpoints_and_state_then_skips(source, work, capsys) -> None:
+    person(source, work, "ann")
+    assert train(work, "ann", "--train_syncnet", "--epochs", "2", "--keep_checkpoints", "1") == 0
+    run_dir = checkpoint_layout(work / "checkpoint", "ann").syncnet_dir
+    assert sorted(p.name for p in run_dir.iterdir()) == ["2.pth", "checkpoint_best.pth", "checkpoint_latest.pth"]
+    ckpt = torch.load(run_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=True)
+    assert {"kind", "model", "optimizer", "scaler", "epoch", "asr", "config", "metrics", "rng"} <= set(ckpt)
+    assert ckpt["kind"] == "syncnet" and ckpt["epoch"] == 2 and ckpt["asr"] == "mel"
+    assert ckpt["config"]["width"] == "tiny"
+    for key in ("train_loss", "val_loss", "val_acc", "offset_acc"):
+        assert np.isfinite(ckpt["metrics"][key])
+    assert 0.0 <= ckpt["metrics"]["offset_acc"] <= 1.0
+    sec = state_of(work, "ann")["syncnet_training"]
+    assert sec["completed"] is True and sec["epochs"] == 2 and sec["asr"] == "mel"
+    assert Path(sec["checkpoint"]) == run_dir / "checkpoint_best.pth"
+    assert "offset_acc" in sec["best_metrics"]
+
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    capsys.readouterr()
+    assert train(work, "ann", "--train_syncnet", "--epochs", "2") == 0
+    assert "already trained" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+
+
+def test_syncnet_killed_mid_run_resumes_at_the_saved_epoch(source, work, capsys) -> None:
+    person(source, work, "bob")
+    layout = dataset_layout(work / "dataset", "bob")
+    run_dir = checkpoint_layout(work / "checkpoint", "bob").syncnet_dir
+    proc = spawn(work, "bob", "--train_syncnet", "--epochs", "5")
+    kill_after_first_epoch(proc, layout.state_file, "syncnet_training")
+    assert not state_of(work, "bob")["syncnet_training"]["completed"]
+    k = saved_epoch(run_dir / "checkpoint_latest.pth")
+    assert 1 <= k < 5
+    capsys.readouterr()
+    assert train(work, "bob", "--train_syncnet", "--epochs", "5") == 0
+    out = capsys.readouterr().out
+    assert f"resuming SyncNet of bob from epoch {k}" in out
+    assert f"SyncNet epoch {k}/5" not in out and f"SyncNet epoch {k + 1}/5" in out
+    sec = state_of(work, "bob")["syncnet_training"]
+    assert sec["completed"] is True and sec["epochs"] == 5
+    assert saved_epoch(run_dir / "checkpoint_latest.pth") == 5
+
+
+def test_syncnet_reuse_across_persons_and_mismatch_errors(source, work, capsys) -> None:
+    person(source, work, "cat")
+    person(source, work, "dan")
+    assert train(work, "cat", "--train_syncnet", "--epochs", "1") == 0
+    cat_best = checkpoint_layout(work / "checkpoint", "cat").syncnet_dir / "checkpoint_best.pth"
+
+    # dan reuses cat's SyncNet: the step is satisfied, nothing is trained for dan
+    assert train(work, "dan", "--train_syncnet", "--syncnet_checkpoint_path", str(cat_best)) == 0
+    sec = state_of(work, "dan")["syncnet_training"]
+    assert sec["completed"] is True and Path(sec["reused_from"]) == cat_best.resolve()
+    assert Path(sec["checkpoint"]) == cat_best.resolve() and sec["asr"] == "mel"
+    assert not checkpoint_layout(work / "checkpoint", "dan").syncnet_dir.exists()
+    capsys.readouterr()
+    assert train(work, "dan", "--train_syncnet", "--epochs", "3") == 0  # reused counts as done
+    assert "already trained" in capsys.readouterr().out
+
+    # another audio model: clear error before any training
+    eve = person(source, work, "eve")
+    np.save(eve / "aud_ave.npy", np.random.default_rng(0).standard_normal((N_FRAMES, 512)).astype(np.float32))
+    capsys.readouterr()
+    assert train(work, "eve", "--train_syncnet", "--asr", "ave", "--syncnet_checkpoint_path", str(cat_best)) == 1
+    err = capsys.readouterr().err
+    assert "'mel'" in err and "'ave'" in err
+    assert "syncnet_training" not in state_of(work, "eve")
+
+    # a file that is not a SyncNet checkpoint
+    bogus = work / "bogus.pth"
+    torch.save({"weight": torch.zeros(3)}, bogus)
+    assert train(work, "eve", "--train_syncnet", "--syncnet_checkpoint_path", str(bogus)) == 1
+    assert "not a syncnet checkpoint" in capsys.readouterr().err
+    not_torch = work / "notes.pth"
+    not_torch.write_text("hello")
+    assert train(work, "eve", "--train_syncnet", "--syncnet_checkpoint_path", str(not_torch)) == 1
+    assert "not a syncnet checkpoint" in capsys.readouterr().err
+
+    # resuming a SyncNet with another --asr is refused too
+    assert train(work, "cat", "--train_syncnet", "--epochs", "2", "--asr", "ave") == 1
+
+
+# ---------------------------------------------------------------- UNet
+
+
+def test_unet_trains_continues_previews_and_skips(source, work, capsys) -> None:
+    person(source, work, "fay")
+    assert train(work, "fay", "--train_syncnet", "--epochs", "1") == 0
+    capsys.readouterr()
+    assert train(work, "fay", "--epochs", "2", "--perceptual", "none", "--see_res") == 0
+    out = capsys.readouterr().out
+    # a one-epoch SyncNet is at chance level: by default its sync loss is left out, with a warning
+    assert "without the sync loss" in out and "L1 + sync" not in out
+    run_dir = checkpoint_layout(work / "checkpoint", "fay").unet_dir
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"1.pth", "2.pth", "checkpoint_latest.pth", "checkpoint_best.pth", "previews"} <= names
+    previews = sorted((run_dir / "previews").glob("*.png"))
+    assert [p.name for p in previews] == ["epoch_0001.png", "epoch_0002.png"]
+    import cv2
+
+    img = cv2.imread(str(previews[-1]))
+    assert img.shape == (320, 960, 3)
+    assert img[100:300, 20:300].max() == 0  # left panel: the masked input
+    ckpt = torch.load(run_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=True)
+    assert ckpt["kind"] == "unet" and ckpt["epoch"] == 2 and ckpt["asr"] == "mel"
+    assert ckpt["config"]["width"] == "tiny" and ckpt["config"]["mask"] == [5, 5, 315, 310]
+    assert {"model", "optimizer", "scaler", "rng", "metrics"} <= set(ckpt)
+    for key in ("l1", "val_l1", "val_psnr"):
+        assert np.isfinite(ckpt["metrics"][key])
+    sec = state_of(work, "fay")["main_training"]
+    assert sec["completed"] is True and sec["epochs"] == 2
+    assert [Path(p).name for p in sec["checkpoints"]] == ["1.pth", "2.pth"]
+
+    # more epochs continue from the saved one
+    assert train(work, "fay", "--continue_training", "--epochs", "3", "--perceptual", "none") == 0
+    out = capsys.readouterr().out
+    assert "resuming UNet of fay from epoch 2" in out and "UNet epoch 3/3" in out and "UNet epoch 2/3" not in out
+    sec = state_of(work, "fay")["main_training"]
+    assert sec["completed"] is True and sec["epochs"] == 3
+    assert saved_epoch(run_dir / "3.pth") == 3
+
+    # done: a rerun trains nothing
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.pth")}
+    assert train(work, "fay", "--epochs", "3", "--perceptual", "none") == 0
+    assert "already trained" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.pth")} == before
+
+    # another --asr than the run's is an error before training
+    np.save(dataset_layout(work / "dataset", "fay").root / "aud_ave.npy",
+            np.zeros((N_FRAMES, 512), np.float32))
+    assert train(work, "fay", "--continue_training", "--epochs", "4", "--asr", "ave", "--no_syncnet",
+                 "--perceptual", "none") == 1
+    err = capsys.readouterr().err
+    assert "'mel'" in err and "'ave'" in err
+    assert state_of(work, "fay")["main_training"]["epochs"] == 3
+
+
+def test_unet_killed_mid_run_resumes_from_the_last_checkpoint(source, work, capsys) -> None:
+    person(source, work, "gus")
+    layout = dataset_layout(work / "dataset", "gus")
+    run_dir = checkpoint_layout(work / "checkpoint", "gus").unet_dir
+    proc = spawn(work, "gus", "--epochs", "4", "--perceptual", "none")
+    seen = kill_after_first_epoch(proc, layout.state_file, "main_training")
+    assert seen and all(isinstance(d, dict) for d in seen)
+    json.loads(layout.state_file.read_text())
+    assert not state_of(work, "gus")["main_training"]["completed"]
+    k = saved_epoch(run_dir / "checkpoint_latest.pth")
+    assert 1 <= k < 4
+    capsys.readouterr()
+    assert train(work, "gus", "--continue_training", "--epochs", "4", "--perceptual", "none") == 0
+    out = capsys.readouterr().out
+    assert f"resuming UNet of gus from epoch {k}" in out and f"UNet epoch {k + 1}/4" in out
+    sec = state_of(work, "gus")["main_training"]
+    assert sec["completed"] is True and sec["epochs"] == 4
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_unet_without_a_syncnet_when_asked_to_use_one_is_an_error(source, work, capsys) -> None:
+    person(source, work, "hal")
+    assert train(work, "hal", "--use_syncnet", "--perceptual", "none", "--epochs", "1") == 1
+    assert "--train_syncnet" in capsys.readouterr().err
+    assert not checkpoint_layout(work / "checkpoint", "hal").unet_dir.exists()
+
+
+def test_resumed_optimizer_moments_take_the_parameters_layout() -> None:
+    from synctalk.training import load_optimizer_state
+
+    def step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        model(torch.rand(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)).mean().backward()
+        opt.step()
+
+    a = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    opt_a = torch.optim.Adam(a.parameters())
+    step(a, opt_a)
+    assert opt_a.state[a.weight]["exp_avg"].stride() == a.weight.stride() != torch.empty(4, 3, 3, 3).stride()
+    b = torch.nn.Conv2d(3, 4, 3)  # resumed without --channels_last
+    opt_b = torch.optim.Adam(b.parameters())
+    load_optimizer_state(opt_b, opt_a.state_dict())
+    for p in b.parameters():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert opt_b.state[p][key].stride() == p.stride()
+    torch.testing.assert_close(opt_b.state[b.weight]["exp_avg"], opt_a.state[a.weight]["exp_avg"])
+
+
+def test_unet_uses_a_weak_syncnet_only_when_asked(source, work, capsys) -> None:
+    person(source, work, "gus")
+    assert train(work, "gus", "--train_syncnet", "--epochs", "1") == 0
+    capsys.readouterr()
+    assert train(work, "gus", "--epochs", "1", "--perceptual", "none", "--use_syncnet") == 0
+    out = capsys.readouterr().out
+    assert "L1 + sync" in out and "without the sync loss" not in out
+    ckpt = torch.load(checkpoint_layout(work / "checkpoint", "gus").unet_dir / "checkpoint_latest.pth",
+                      map_location="cpu", weights_only=True)
+    assert "sync" in ckpt["metrics"]

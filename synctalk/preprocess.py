@@ -177,7 +177,8 @@ def _extract_audio(opts: PreprocessOptions, layout: DatasetLayout, state: Traini
     result.done_now.append("audio")
 
 
-def _auto_workers() -> int:
+def default_detect_workers() -> int:
+    """Parallel face-detector sessions: one per two CPU cores, at most 8."""
     return max(1, min(8, (os.cpu_count() or 1) // 2))
 
 
@@ -217,7 +218,7 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
     if todo:
         detector = FaceDetector(resolve_model_file("scrfd", opts.models_dir), device=str(device))
         landmarker = create_landmarker(opts.landmarker, opts.models_dir, device=str(device))
-        workers = opts.detect_workers or _auto_workers()
+        workers = opts.detect_workers or default_detect_workers()
         pipeline = FaceLandmarkPipeline(detector, landmarker, workers=workers)
         reader = ThreadPoolExecutor(max(2, workers))
 

@@ -186,14 +186,18 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
 class VideoWriter:
     """Stream BGR frames into ffmpeg (H.264 yuv420p, optional AAC audio); renamed into place on close.
 
+    With `duration` (frames ÷ fps, known in advance) the audio is padded or cut to exactly that.
+
     Use as a context manager; an exception inside the block discards the partial file.
     """
 
     def __init__(self, path: str | Path, width: int, height: int, fps: int = 25,
-                 audio_path: str | Path | None = None, crf: int = 18, preset: str = "veryfast"):
+                 audio_path: str | Path | None = None, crf: int = 18, preset: str = "veryfast",
+                 duration: float | None = None):
         self.path = Path(path)
         self.width, self.height, self.fps = width, height, fps
         self.audio_path = audio_path
+        self.duration = duration  # seconds of video that will be written, when known in advance
         self.crf, self.preset = crf, preset
         self.frames = 0
         self._ctx = None
@@ -208,9 +212,13 @@ class VideoWriter:
             args += ["-i", str(self.audio_path)]
         args += ["-map", "0:v:0"]
         if self.audio_path is not None:
-            # pad the audio with silence and stop with the video: audio a little shorter than
-            # ceil(duration × fps) frames must not drop the last frame
-            args += ["-map", "1:a:0", "-af", "apad", "-c:a", "aac", "-b:a", "160k", "-shortest"]
+            args += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "160k"]
+            if self.duration is not None:
+                # audio a little shorter than the frames must not drop the last frame: pad it with
+                # silence to the video's length and cut both there
+                args += ["-af", f"apad=whole_dur={self.duration:.6f}", "-t", f"{self.duration:.6f}"]
+            else:
+                args += ["-shortest"]
         # even dimensions are required by yuv420p
         args += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", self.preset,
                  "-crf", str(self.crf), "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", str(tmp)]

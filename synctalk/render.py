@@ -517,7 +517,7 @@ def render(name: str, audio_path: str | Path, output: str | Path | None = None, 
     h, w = cv2_shape(layout.frame_path(0))
 
     bar = tqdm(total=count, desc=f"render {name}", unit="frame", disable=not progress)
-    with media.VideoWriter(out_path, w, h, FPS, audio_path=audio_path) as writer:
+    with media.VideoWriter(out_path, w, h, FPS, audio_path=audio_path, duration=count / FPS) as writer:
         sink = FrameSink(writer, depth=max(2 * batch_size, 32))
         try:
             done = 0

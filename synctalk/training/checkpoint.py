@@ -19,6 +19,28 @@ KINDS = ("syncnet", "unet")
 _EPOCH_FILE = re.compile(r"^(\d+)\.pth$")
 
 
+def epoch_payload(kind: str, model: Any, optimizer: Any, scaler: Any, epoch: int, asr: str, config: dict[str, Any],
+                  metrics: dict[str, Any], best: dict[str, Any], rng: dict[str, Any]) -> dict[str, Any]:
+    """The one checkpoint dict both trainers write after an epoch (the model unwrapped)."""
+    return {"kind": kind, "model": module_state(model), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "asr": asr, "config": config,
+            "metrics": metrics, "best": best, "rng": rng}
+
+
+def write_epoch(run_dir: Path, payload: dict[str, Any], *, final_epoch: int, save_interval: int, keep: int,
+                improved: bool) -> list[str]:
+    """After an epoch: latest always, best when it improved, `<epoch>.pth` at the interval and at the
+    end; old epoch files pruned. Returns the epoch files kept (for the state file)."""
+    epoch = int(payload["epoch"])
+    if epoch % max(save_interval, 1) == 0 or epoch == final_epoch:
+        save_checkpoint(CheckpointLayout.epoch(run_dir, epoch), payload)
+    if improved:
+        save_checkpoint(best_path(run_dir), payload)
+    save_checkpoint(latest_path(run_dir), payload)
+    prune_epoch_files(run_dir, keep)
+    return [str(p) for _e, p in epoch_files(run_dir)]
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write a checkpoint atomically (a kill leaves the old file or the new one)."""
     if payload.get("kind") not in KINDS:

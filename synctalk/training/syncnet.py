@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import SyncTalkError
-from ..layout import CheckpointLayout, DatasetLayout, checkpoint_layout, dataset_layout
+from ..layout import DatasetLayout, checkpoint_layout, dataset_layout
 from ..state import TrainingState
 from . import (RunOptions, autocast, batches, check_finite, configure_backends, load_optimizer_state, make_adam,
                make_scaler, maybe_compile, prepare_module, print_epoch, resolve_amp, restore_rng_state, rng_state,
                synchronize)
-from .checkpoint import (best_path, check_asr, clear_run, epoch_files, find_resume, latest_path,
-                         load_checkpoint, module_state, prune_epoch_files, save_checkpoint)
+from .checkpoint import (best_path, check_asr, clear_run, epoch_payload, find_resume, latest_path,
+                         load_checkpoint, write_epoch)
 
 SECTION = "syncnet_training"
 MAX_OFFSET = 15
@@ -335,20 +335,12 @@ def train_syncnet(cfg: SyncNetTrainConfig) -> SyncNetResult:
             best_metrics = {"epoch": epoch, **metrics}
         if dist.is_main:
             print_epoch("SyncNet", epoch, cfg.epochs, metrics, improved)
-            payload = {
-                "kind": "syncnet", "model": module_state(model), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "asr": asr, "config": config,
-                "metrics": metrics, "best": best_metrics, "rng": rng_state(gen),
-            }
-            if epoch % max(cfg.save_interval, 1) == 0 or epoch == cfg.epochs:
-                save_checkpoint(CheckpointLayout.epoch(run_dir, epoch), payload)
-            if improved:
-                save_checkpoint(best_path(run_dir), payload)
-            save_checkpoint(latest_path(run_dir), payload)
-            prune_epoch_files(run_dir, cfg.keep_checkpoints)
+            payload = epoch_payload("syncnet", model, optimizer, scaler, epoch, asr, config, metrics, best_metrics,
+                                    rng_state(gen))
+            kept = write_epoch(run_dir, payload, final_epoch=cfg.epochs, save_interval=cfg.save_interval,
+                               keep=cfg.keep_checkpoints, improved=improved)
             state.update(SECTION, epochs=epoch, latest=str(latest_path(run_dir)), checkpoint=str(best_path(run_dir)),
-                         checkpoints=[str(p) for _e, p in epoch_files(run_dir)], best_metrics=best_metrics,
-                         metrics=metrics, completed=epoch >= cfg.epochs)
+                         checkpoints=kept, best_metrics=best_metrics, metrics=metrics, completed=epoch >= cfg.epochs)
     dist.barrier()  # no rank returns before rank 0 has written the last checkpoint and the state
     dist.log(f"SyncNet of {cfg.name} done: {cfg.epochs} epochs; best offset accuracy "
              f"{best_metrics.get('offset_acc', float('nan')):.3f} at epoch {best_metrics.get('epoch')} → "

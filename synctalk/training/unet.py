@@ -17,13 +17,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import SyncTalkError
-from ..layout import CheckpointLayout, checkpoint_layout, dataset_layout
+from ..layout import checkpoint_layout, dataset_layout
 from ..state import TrainingState
 from . import (RunOptions, autocast, batches, check_finite, configure_backends, load_optimizer_state, make_adam,
                make_scaler, maybe_compile, prepare_module, print_epoch, resolve_amp, restore_rng_state, rng_state,
                synchronize)
-from .checkpoint import (best_path, check_asr, clear_run, epoch_files, find_resume, latest_path,
-                         module_state, prune_epoch_files, save_checkpoint)
+from .checkpoint import (best_path, check_asr, clear_run, epoch_payload, find_resume, latest_path,
+                         write_epoch)
 from .syncnet import SECTION as SYNCNET_SECTION
 
 SECTION = "main_training"
@@ -406,19 +406,12 @@ def train_unet(cfg: UNetTrainConfig) -> UNetResult:
             if cfg.see_res:
                 write_preview(model, data, preview_frame, preview_ref, run_dir / "previews" / f"epoch_{epoch:04d}.png",
                               device=device, amp=amp, mask=mask)
-            payload = {
-                "kind": "unet", "model": module_state(model), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "asr": asr, "config": config,
-                "metrics": metrics, "best": best_metrics, "rng": rng_state(gen),
-            }
-            if epoch % max(cfg.save_interval, 1) == 0 or epoch == cfg.epochs:
-                save_checkpoint(CheckpointLayout.epoch(run_dir, epoch), payload)
-            if improved:
-                save_checkpoint(best_path(run_dir), payload)
-            save_checkpoint(latest_path(run_dir), payload)
-            prune_epoch_files(run_dir, cfg.keep_checkpoints)
+            payload = epoch_payload("unet", model, optimizer, scaler, epoch, asr, config, metrics, best_metrics,
+                                    rng_state(gen))
+            kept = write_epoch(run_dir, payload, final_epoch=cfg.epochs, save_interval=cfg.save_interval,
+                               keep=cfg.keep_checkpoints, improved=improved)
             state.update(SECTION, epochs=epoch, latest=str(latest_path(run_dir)), best=str(best_path(run_dir)),
-                         checkpoints=[str(p) for _e, p in epoch_files(run_dir)], metrics=metrics,
+                         checkpoints=kept, metrics=metrics,
                          best_metrics={k: v for k, v in best_metrics.items() if not k.startswith("_")},
                          completed=epoch >= cfg.epochs)
     dist.barrier()  # no rank returns before rank 0 has written the last checkpoint and the state

@@ -16,6 +16,7 @@ setup(
         "onnx>=1.14",
         "transformers>=4.40",
         "python_speech_features>=0.6",
+        "scipy>=1.10",  # python_speech_features imports it without declaring it
         "soundfile>=0.12",
         "tqdm>=4.60",
         "rich>=13",

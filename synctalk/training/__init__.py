@@ -414,3 +414,46 @@ def print_epoch(what: str, epoch: int, epochs: int, m: dict[str, float], best: b
             parts.append(f"{k} {m[k]:.4g}")
     parts.append(f"{m.get('samples_per_s', 0):.0f} img/s, {m.get('seconds', 0):.1f} s")
     print("  ".join(parts) + ("  [best]" if best else ""), flush=True)
+
+
+@dataclass
+class RunSetup:
+    """What both trainers build before their first epoch."""
+
+    data: Any
+    train_idx: Any
+    val_idx: Any
+    model: Any
+    optimizer: Any
+    scaler: Any
+    generator: Any
+
+
+def set_up_run(layout: Any, asr: str, model: Any, *, lr: float, val_fraction: float, device: Any, amp: str,
+               run: RunOptions, resume: "dict[str, Any] | None") -> RunSetup:
+    """Data (rank 0 builds a missing crop cache first), held-out split, the model on its device,
+    fused Adam, grad scaler and sample generator — restored from `resume` when given; `lr` always
+    applies, so a changed --lr takes effect on a resumed run."""
+    import torch
+
+    from ..data import load_frame_data, split_indices
+
+    torch.manual_seed(run.seed)
+    with run.dist.main_first():
+        data = load_frame_data(layout, asr, device=device, channels_last=run.channels_last,
+                               progress=run.progress and run.dist.is_main,
+                               on_device={"auto": "auto", "yes": True, "no": False}[run.cache_on_device])
+    train_idx, val_idx = split_indices(len(data), val_fraction)
+    model = prepare_module(model, device, run.channels_last)
+    optimizer = make_adam(model.parameters(), lr, device)
+    scaler = make_scaler(device, amp)
+    gen = torch.Generator().manual_seed(run.seed)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        load_optimizer_state(optimizer, resume["optimizer"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        restore_rng_state(resume.get("rng"), gen)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return RunSetup(data, train_idx, val_idx, model, optimizer, scaler, gen)

@@ -20,9 +20,8 @@ import numpy as np
 from ..errors import SyncTalkError
 from ..layout import DatasetLayout, checkpoint_layout, dataset_layout
 from ..state import TrainingState
-from . import (RunOptions, autocast, batches, check_finite, configure_backends, load_optimizer_state, make_adam,
-               make_scaler, maybe_compile, prepare_module, print_epoch, resolve_amp, restore_rng_state, rng_state,
-               synchronize)
+from . import (RunOptions, autocast, batches, check_finite, configure_backends, make_scaler, maybe_compile,
+               print_epoch, resolve_amp, rng_state, set_up_run, synchronize)
 from .checkpoint import (best_path, check_asr, clear_run, epoch_payload, find_resume, latest_path,
                          load_checkpoint, write_epoch)
 
@@ -229,7 +228,7 @@ def train_syncnet(cfg: SyncNetTrainConfig) -> SyncNetResult:
 
     from unet_328 import SyncNet
 
-    from ..data import check_preprocessed, load_frame_data, resolve_asr, split_indices
+    from ..data import check_preprocessed, resolve_asr
 
     run = cfg.run
     dist = run.dist
@@ -281,29 +280,16 @@ def train_syncnet(cfg: SyncNetTrainConfig) -> SyncNetResult:
 
     amp = resolve_amp(run.amp, device)
     configure_backends(device)
-    torch.manual_seed(run.seed)
-    with dist.main_first():  # rank 0 builds a missing crop cache; the others then read it
-        data = load_frame_data(layout, asr, device=device, channels_last=run.channels_last,
-                               progress=run.progress and dist.is_main,
-                               on_device={"auto": "auto", "yes": True, "no": False}[run.cache_on_device])
-    train_idx, val_idx = split_indices(len(data), cfg.val_fraction)
-    model = prepare_module(SyncNet(asr, width), device, run.channels_last)
-    optimizer = make_adam(model.parameters(), cfg.lr, device)
-    scaler = make_scaler(device, amp)
-    gen = torch.Generator().manual_seed(run.seed)
+    setup = set_up_run(layout, asr, SyncNet(asr, width), lr=cfg.lr, val_fraction=cfg.val_fraction, device=device,
+                       amp=amp, run=run, resume=resume)
+    data, train_idx, val_idx = setup.data, setup.train_idx, setup.val_idx
+    model, optimizer, scaler, gen = setup.model, setup.optimizer, setup.scaler, setup.generator
     best_key = None
     best_metrics: dict[str, float] = {}
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        load_optimizer_state(optimizer, resume["optimizer"])
-        if resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        restore_rng_state(resume.get("rng"), gen)
         best_metrics = dict(resume.get("best") or {})
         best_key = _best_key(best_metrics) if best_metrics else None
         dist.log(f"resuming SyncNet of {cfg.name} from epoch {start_epoch} ({resume['_path']})")
-    for group in optimizer.param_groups:  # a changed --lr applies to the resumed run
-        group["lr"] = cfg.lr
     # DDP first, then compile (the documented order); `model` stays the plain module for checkpoints
     step_model = maybe_compile(dist.wrap(model, device, run.sync_bn), run.compile)
     config = {"asr": asr, "width": width, "batch_size": cfg.batch_size, "lr": cfg.lr, "epochs": cfg.epochs,

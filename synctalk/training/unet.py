@@ -19,9 +19,8 @@ import numpy as np
 from ..errors import SyncTalkError
 from ..layout import checkpoint_layout, dataset_layout
 from ..state import TrainingState
-from . import (RunOptions, autocast, batches, check_finite, configure_backends, load_optimizer_state, make_adam,
-               make_scaler, maybe_compile, prepare_module, print_epoch, resolve_amp, restore_rng_state, rng_state,
-               synchronize)
+from . import (RunOptions, autocast, batches, check_finite, configure_backends, make_scaler, maybe_compile,
+               prepare_module, print_epoch, resolve_amp, rng_state, set_up_run, synchronize)
 from .checkpoint import (best_path, check_asr, clear_run, epoch_payload, find_resume, latest_path,
                          write_epoch)
 from .syncnet import SECTION as SYNCNET_SECTION
@@ -268,7 +267,7 @@ def train_unet(cfg: UNetTrainConfig) -> UNetResult:
 
     from unet_328 import build_unet
 
-    from ..data import DEFAULT_MASK, check_preprocessed, load_frame_data, parse_mask, resolve_asr, split_indices
+    from ..data import DEFAULT_MASK, check_preprocessed, parse_mask, resolve_asr
     from ..losses import load_perceptual_loss
     from .syncnet import load_syncnet
 
@@ -342,29 +341,16 @@ def train_unet(cfg: UNetTrainConfig) -> UNetResult:
     losses = UNetLosses(cfg.l1_weight, maybe_compile(perceptual, run.compile) if perceptual is not None else None,
                         cfg.perceptual_weight, syncnet, cfg.sync_weight)
 
-    torch.manual_seed(run.seed)
-    with dist.main_first():  # rank 0 builds a missing crop cache; the others then read it
-        data = load_frame_data(layout, asr, device=device, channels_last=run.channels_last,
-                               progress=run.progress and dist.is_main,
-                               on_device={"auto": "auto", "yes": True, "no": False}[run.cache_on_device])
-    train_idx, val_idx = split_indices(len(data), cfg.val_fraction)
-    model = prepare_module(build_unet(asr, width), device, run.channels_last)
-    optimizer = make_adam(model.parameters(), cfg.lr, device)
-    scaler = make_scaler(device, amp)
-    gen = torch.Generator().manual_seed(run.seed)
+    setup = set_up_run(layout, asr, build_unet(asr, width), lr=cfg.lr, val_fraction=cfg.val_fraction,
+                       device=device, amp=amp, run=run, resume=resume)
+    data, train_idx, val_idx = setup.data, setup.train_idx, setup.val_idx
+    model, optimizer, scaler, gen = setup.model, setup.optimizer, setup.scaler, setup.generator
     best_value = float("inf")
     best_metrics: dict[str, float] = {}
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        load_optimizer_state(optimizer, resume["optimizer"])
-        if resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        restore_rng_state(resume.get("rng"), gen)
         best_metrics = dict(resume.get("best") or {})
         best_value = float(best_metrics.get("_value", float("inf")))
         dist.log(f"resuming UNet of {cfg.name} from epoch {start_epoch} ({resume['_path']})")
-    for group in optimizer.param_groups:  # a changed --lr applies to the resumed run
-        group["lr"] = cfg.lr
     # DDP first, then compile (the documented order); `model` stays the plain module for checkpoints
     step_model = maybe_compile(dist.wrap(model, device, run.sync_bn), run.compile)
 

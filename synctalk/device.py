@@ -17,6 +17,16 @@ def resolve_device(spec: "str | None" = "auto"):
     return dev
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or taskset's; else all)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 MALLOC_MMAP_THRESHOLD = 512 << 20
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +30,12 @@ MAX_NO_FACE_FRACTION = 0.5
 JPEG_QUALITY = 95
 
 
+# Measured on sun.mp4 (SCRFD + dlib, 160 frames): against detecting every frame, every 4th frame moves
+# the landmarks by 0.11 px on average (99th percentile 1.4 px, dlib rounds to whole pixels) and
+# every 8th by 0.19 px, while the step runs 2.7x / 4.7x faster on a 2-core CPU.
+DETECT_EVERY = 4
+
+
 @dataclass
 class PreprocessOptions:
     """Everything one preprocessing run needs."""
@@ -48,6 +53,7 @@ class PreprocessOptions:
     skip_audio: bool = False
     batch_size: int = 32
     detect_workers: int = 0  # 0: one per two CPU cores, at most 8
+    detect_every: int = DETECT_EVERY  # run the face detector on every Nth frame, interpolate the boxes between
     crop_cache: bool = True
     progress: bool = True
 
@@ -88,6 +94,8 @@ def _check_options(opts: PreprocessOptions) -> DatasetLayout:
         raise SyncTalkError(f"unknown landmarker {opts.landmarker!r}: choose one of {', '.join(LANDMARKERS)}")
     if opts.fps <= 0:
         raise SyncTalkError(f"--fps must be positive, got {opts.fps}")
+    if opts.detect_every < 1:
+        raise SyncTalkError(f"--detect_every must be at least 1, got {opts.detect_every}")
     return layout
 
 
@@ -178,8 +186,10 @@ def _extract_audio(opts: PreprocessOptions, layout: DatasetLayout, state: Traini
 
 
 def default_detect_workers() -> int:
-    """Parallel face-detector sessions: one per two CPU cores, at most 8."""
-    return max(1, min(8, (os.cpu_count() or 1) // 2))
+    """Parallel face-detector sessions: one per two usable CPU cores, at most 8."""
+    from .device import usable_cpus
+
+    return max(1, min(8, usable_cpus() // 2))
 
 
 def _missing_file(layout: DatasetLayout) -> Path:
@@ -219,7 +229,7 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
         detector = FaceDetector(resolve_model_file("scrfd", opts.models_dir), device=str(device))
         landmarker = create_landmarker(opts.landmarker, opts.models_dir, device=str(device))
         workers = opts.detect_workers or default_detect_workers()
-        pipeline = FaceLandmarkPipeline(detector, landmarker, workers=workers)
+        pipeline = FaceLandmarkPipeline(detector, landmarker, workers=workers, detect_every=opts.detect_every)
         reader = ThreadPoolExecutor(max(2, workers))
 
         def read_batch(idx: list[int]) -> list[Any]:
@@ -405,6 +415,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", type=int, default=32, help="frames per landmark batch")
     p.add_argument("--detect_workers", type=int, default=0,
                    help="face-detector sessions run in parallel (default: one per two CPU cores, at most 8)")
+    p.add_argument("--detect_every", type=int, default=DETECT_EVERY,
+                   help=f"run the face detector on every Nth frame and interpolate the boxes between "
+                        f"(default {DETECT_EVERY}; 1: every frame)")
     p.add_argument("--skip_frames", action="store_true", help="do not extract frames (they are there)")
     p.add_argument("--skip_landmarks", action="store_true", help="do not detect landmarks")
     p.add_argument("--skip_audio", action="store_true", help="do not extract audio or features")
@@ -418,6 +431,7 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
                              models_dir=args.models_dir, device=args.device, skip_frames=args.skip_frames,
                              skip_landmarks=args.skip_landmarks, skip_audio=args.skip_audio,
                              batch_size=args.batch_size, detect_workers=args.detect_workers,
+                             detect_every=args.detect_every,
                              crop_cache=not args.no_crop_cache)
 
 

@@ -105,6 +105,37 @@ def test_blank_image_gives_no_detection(detector: FaceDetector, dlib_landmarker)
     assert np.isnan(lms).all()
 
 
+class _CountingDetector:
+    """The detector, counting the frames it is asked to look at."""
+
+    def __init__(self, detector: FaceDetector) -> None:
+        self.inner, self.calls = detector, 0
+
+    def detect(self, img: np.ndarray):
+        self.calls += 1
+        return self.inner.detect(img)
+
+
+def test_detecting_every_nth_frame_interpolates_boxes_and_checks_where_the_face_comes_or_goes(
+        detector: FaceDetector, dlib_landmarker, sun_frames) -> None:
+    dense, _ = FaceLandmarkPipeline(detector, dlib_landmarker).process(sun_frames)
+    counting = _CountingDetector(detector)
+    lms, found = FaceLandmarkPipeline(counting, dlib_landmarker, detect_every=4).process(sun_frames)
+    assert counting.calls == 3  # frames 0, 4 and the batch's last (7)
+    assert found.all()
+    assert np.abs(lms - dense).max() < 3.0  # pixels, on 576x768 frames
+    # the face leaves after frame 2: the stretch 1-3 is detected frame by frame, 5-6 has no face
+    blank = np.zeros_like(sun_frames[0])
+    counting.calls = 0
+    frames = sun_frames[:3] + [blank] * 5
+    lms, found = FaceLandmarkPipeline(counting, dlib_landmarker, detect_every=4).process(frames)
+    assert found.tolist() == [True, True, True, False, False, False, False, False]
+    assert counting.calls == 3 + 3
+    assert np.isnan(lms[3:]).all() and not np.isnan(lms[:3]).any()
+    with pytest.raises(ValueError):
+        FaceLandmarkPipeline(detector, dlib_landmarker, detect_every=0)
+
+
 def test_pick_face_prefers_previous_track_then_largest() -> None:
     from synctalk.faces.detector import Detection
 

@@ -14,6 +14,9 @@ Stages (pick with --only):
             network, paste-back and encoding included), through synctalk.render.render.
 * landmarks face detection + landmark frames/s on the video's frames: SCRFD + PFLD and SCRFD + dlib.
 * forward   UNet forward-only frames/s at two batch sizes (plain fp32 and the render's fast form).
+* gpus      the fast UNet training path on 1 and on --gpus N processes (torchrun, DistributedDataParallel
+            as in `synctalk train --gpus N`; NCCL on GPUs, gloo on the CPU): samples/s summed over the
+            processes, and the scaling N-process rate / 1-process rate. Runs only when asked with --only.
 
 Peak GPU memory (torch.cuda.max_memory_allocated) is reported for every measured variant. Timed
 regions are bracketed by torch.cuda.synchronize(); warm-up steps are excluded; where a measurement is
@@ -24,6 +27,7 @@ file is found, the frozen SyncNet, PFLD when its checkpoint is missing); the JSO
 
     python -m benchmarks.speed --size full --json results/speed.json
     python -m benchmarks.speed --size small --device cpu          # the quick CPU check
+    python -m benchmarks.speed --size full --dataset dataset/sun --only gpus --gpus 2 --compile
 """
 
 from __future__ import annotations
@@ -45,14 +49,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("unet", "syncnet", "render", "landmarks", "forward")
+STAGES = ("unet", "syncnet", "render", "landmarks", "forward", "gpus")
+DEFAULT_STAGES = ("unet", "syncnet", "render", "landmarks", "forward")  # "gpus" runs when named
 DEFAULT_VIDEO = REPO.parent / "shared" / "fixtures" / "video" / "sun.mp4"
 DEFAULT_AUDIO = REPO.parent / "shared" / "fixtures" / "audio_talk_hb.wav"
 DEFAULT_MODELS = REPO.parent / "shared" / "models"
 SAMPLE_RATE = 16000
 # the main rate of each stage's variants: (metric key, unit)
 PRIMARY = {"unet": ("samples_per_s", "samples/s"), "syncnet": ("samples_per_s", "samples/s"),
-           "render": ("fps", "frames/s"), "landmarks": ("fps", "frames/s"), "forward": ("fps", "frames/s")}
+           "render": ("fps", "frames/s"), "landmarks": ("fps", "frames/s"), "forward": ("fps", "frames/s"),
+           "gpus": ("samples_per_s", "samples/s")}
 
 
 @dataclass(frozen=True)
@@ -663,7 +669,7 @@ def bench_landmarks(ctx: Context) -> tuple[dict, list[str]]:
     from synctalk.faces.detector import FaceDetector
     from synctalk.faces.landmarks import create_landmarker
     from synctalk.faces.pipeline import FaceLandmarkPipeline
-    from synctalk.preprocess import default_detect_workers
+    from synctalk.preprocess import DETECT_EVERY, default_detect_workers
     from synctalk.weights import find_model_file
 
     args, dev = ctx.args, ctx.device
@@ -701,10 +707,14 @@ def bench_landmarks(ctx: Context) -> tuple[dict, list[str]]:
     _reset_peak(dev)
     pfld = create_landmarker("pfld", ctx.models_dir, device=str(dev), checkpoint_path=pfld_ckpt,
                              mean_face_path=mean_face)
-    row = _time_pipeline(FaceLandmarkPipeline(detector, pfld, workers=workers), frames, args.landmark_batch, dev)
-    row.update({"landmark_device": str(getattr(pfld, "device", dev)), "weights": pfld_weights,
-                "peak_gpu_mib": _peak_mib(dev)})
-    results["scrfd+pfld"] = row
+    for every, key in ((DETECT_EVERY, "scrfd+pfld"), (1, "scrfd+pfld, detect every frame")):
+        row = _time_pipeline(FaceLandmarkPipeline(detector, pfld, workers=workers, detect_every=every), frames,
+                             args.landmark_batch, dev)
+        row.update({"landmark_device": str(getattr(pfld, "device", dev)), "weights": pfld_weights,
+                    "detect_every": every, "peak_gpu_mib": _peak_mib(dev)})
+        results[key] = row
+    notes.append(f"preprocessing detects faces on every {DETECT_EVERY}th frame and interpolates the boxes "
+                 f"(--detect_every); the second PFLD row detects on every frame")
     del pfld
 
     try:
@@ -712,8 +722,9 @@ def bench_landmarks(ctx: Context) -> tuple[dict, list[str]]:
     except (SyncTalkError, ImportError) as exc:
         notes.append(f"SCRFD + dlib skipped: {exc}")
     else:
-        row = _time_pipeline(FaceLandmarkPipeline(detector, dlib_lm, workers=workers), frames, args.landmark_batch, dev)
-        row.update({"landmark_device": "cpu", "weights": "real"})
+        row = _time_pipeline(FaceLandmarkPipeline(detector, dlib_lm, workers=workers, detect_every=DETECT_EVERY),
+                             frames, args.landmark_batch, dev)
+        row.update({"landmark_device": "cpu", "weights": "real", "detect_every": DETECT_EVERY})
         results["scrfd+dlib"] = row
     return results, notes
 
@@ -782,13 +793,133 @@ def bench_forward(ctx: Context) -> tuple[dict, list[str]]:
     return results, notes
 
 
+# ---------------------------------------------------------------- stage: UNet training on several processes
+
+
+def _unet_rank_worker(ctx: Context) -> int:
+    """One torchrun process of the `gpus` stage: the fast UNet step under DistributedDataParallel.
+
+    Every rank times the same number of steps of its own random frames; rank 0 writes the summed
+    rate (and the slowest rank's time) to --rank_out.
+    """
+    import torch
+
+    from synctalk.losses import PerceptualLoss
+    from synctalk.training import Distributed, maybe_compile, prepare_module, resolve_amp, scaled_lr
+    from synctalk.training.unet import BASE_BATCH, UNetLosses, train_unet_steps
+    from unet_328 import SyncNet, build_unet
+
+    args, p = ctx.args, ctx.preset
+    dist = Distributed.from_env()
+    dev = dist.start(args.device)
+    ctx.device = dev
+    try:
+        _set_backends(dev, fast=True)
+        amp = resolve_amp(args.amp, dev)
+        batch = args.batch or p.unet_batch_fast
+        channels_last = dev.type == "cuda"
+        data = _fast_data(ctx, channels_last)
+        vgg_state, _ = _vgg_state(ctx)
+        torch.manual_seed(args.seed)
+        model = prepare_module(build_unet(ctx.asr, p.width), dev, channels_last)
+        torch.manual_seed(args.seed + 1)
+        syncnet = prepare_module(SyncNet(ctx.asr, p.width).requires_grad_(False).eval(), dev, channels_last)
+        perceptual = prepare_module(PerceptualLoss(state_dict=vgg_state), dev, channels_last)
+        losses = UNetLosses(1.0, maybe_compile(perceptual, args.compile), 0.01, syncnet, 10.0)
+        step_model = maybe_compile(dist.wrap(model, dev), args.compile)
+        lr = scaled_lr(args.lr, batch * dist.world_size, BASE_BATCH, args.lr_scaling)
+        from synctalk.training import make_adam
+
+        optimizer = make_adam(model.parameters(), lr, dev)
+        _reset_peak(dev)
+        rates, seconds = [], []
+        for r in range(args.repeats or p.repeats):
+            g = torch.Generator().manual_seed(args.seed + 100 + r + 1000 * dist.rank)
+            out = train_unet_steps(step_model, optimizer, data, args.steps or p.steps, batch, losses=losses,
+                                   device=dev, amp=amp, generator=g, frames=ctx.train_idx)
+            m = dist.reduce_metrics({"samples_per_s": float(out["samples_per_s"]), "seconds": float(out["seconds"])})
+            rates.append(m["samples_per_s"])
+            seconds.append(m["seconds"])
+        peak = _peak_mib(dev)
+        if dist.is_main:
+            from synctalk.fileio import write_json_atomic
+
+            write_json_atomic(Path(args.rank_out), {
+                "processes": dist.world_size, "samples_per_s": round(_median(rates), 3),
+                "repeats": [round(x, 3) for x in rates], "seconds": [round(x, 3) for x in seconds],
+                "timed_steps": args.steps or p.steps, "batch_per_process": batch,
+                "global_batch": batch * dist.world_size, "amp": amp, "channels_last": channels_last,
+                "compile": bool(args.compile), "lr": lr, "peak_gpu_mib": peak,  # rank 0's
+                "backend": ("nccl" if dev.type == "cuda" else "gloo") if dist.enabled else None})
+        dist.barrier()
+    finally:
+        dist.stop()
+    return 0
+
+
+def _fast_data(ctx: Context, channels_last: bool) -> Any:
+    """The fast path's data for one process: the crop cache resident on its device."""
+    from synctalk.data import FrameData
+
+    return FrameData(ctx.crops, ctx.features, ctx.asr, device=ctx.device, on_device=ctx.device.type == "cuda",
+                     channels_last=channels_last)
+
+
+def bench_gpus(ctx: Context) -> tuple[dict, list[str]]:
+    """The fast UNet path on 1 process and on --gpus N processes launched by torchrun; the scaling."""
+    import os
+
+    import torch
+
+    args = ctx.args
+    n = int(args.gpus)
+    if n < 2:
+        raise Skip("give --gpus N (N >= 2) to measure training on several processes")
+    if ctx.device.type == "cuda":
+        visible = torch.cuda.device_count()
+        if visible < n:
+            raise Skip(f"--gpus {n} but torch sees {visible} GPU(s)")
+    elif ctx.device.type != "cpu":
+        raise Skip(f"several processes need CUDA GPUs or the CPU, not {ctx.device.type}")
+    results: dict[str, dict] = {}
+    notes = ["samples/s summed over the processes; each process runs the fast path with the same per-process "
+             "batch (DistributedDataParallel, BatchNorm statistics per process as in `synctalk train --gpus N`)"]
+    env = dict(os.environ)
+    env.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off (see the README's multi-GPU section)
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO), env.get("PYTHONPATH", "")) if x)
+    for k in sorted({1, n}):
+        out = ctx.workdir / f"gpus_{k}.json"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={k}",
+               "-m", "benchmarks.speed", "--rank_worker", "--rank_out", str(out), "--dataset", str(ctx.layout.root),
+               "--size", args.size, "--device", "cuda" if ctx.device.type == "cuda" else "cpu", "--asr", ctx.asr,
+               "--lr", str(args.lr), "--lr_scaling", args.lr_scaling, "--amp", args.amp, "--seed", str(args.seed),
+               "--val_fraction", str(args.val_fraction), "--no_progress", "--quiet"]
+        for flag, value in (("--batch", args.batch), ("--steps", args.steps), ("--repeats", args.repeats),
+                            ("--models_dir", args.models_dir), ("--threads", args.threads)):
+            if value is not None:
+                cmd += [flag, str(value)]
+        if args.compile:
+            cmd.append("--compile")
+        _say(ctx, f"[gpus] {k} process(es): {' '.join(cmd[2:6])} …")
+        proc = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.is_file():
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+            raise RuntimeError(f"the {k}-process run failed (exit {proc.returncode}):\n" + "\n".join(tail))
+        results[f"{k} process" + ("es" if k > 1 else "")] = json.loads(out.read_text())
+    one, many = results.get("1 process"), results.get(f"{n} processes")
+    if one and many and one["samples_per_s"] > 0:
+        many["scaling"] = round(many["samples_per_s"] / one["samples_per_s"], 3)
+    return results, notes
+
+
 STAGE_FUNCS: dict[str, Callable[[Context], tuple[dict, list[str]]]] = {
     "unet": bench_unet, "syncnet": bench_syncnet, "render": bench_render, "landmarks": bench_landmarks,
-    "forward": bench_forward,
+    "forward": bench_forward, "gpus": bench_gpus,
 }
 # order of execution: SyncNet first (its weights become the UNet's critic), the UNet before the render
 # (which renders with the UNet's short-trained weights)
-ORDER = ("syncnet", "unet", "forward", "render", "landmarks")
+ORDER = ("syncnet", "unet", "forward", "render", "landmarks", "gpus")
 
 
 # ---------------------------------------------------------------- report
@@ -837,7 +968,8 @@ def print_table(report: dict) -> None:
             continue
         for variant, m in rec["results"].items():
             extra = []
-            for k in ("batch", "amp", "speedup", "val_l1", "quality_samples", "frames", "weights", "landmark_device"):
+            for k in ("batch", "amp", "speedup", "val_l1", "quality_samples", "frames", "weights", "landmark_device",
+                      "detect_every", "global_batch", "scaling"):
                 if k in m and m[k] is not None:
                     extra.append(f"{k} {_fmt(m[k])}")
             rows.append((stage, variant, _fmt(m.get(key)), unit, _fmt(m.get("peak_gpu_mib")), ", ".join(extra)))
@@ -874,7 +1006,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the prepared person, checkpoints and renders go")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     p.add_argument("--size", default="full", choices=sorted(PRESETS), help="small: a quick check; full: real sizes")
-    p.add_argument("--only", default=",".join(STAGES), help=f"comma-separated stages of {', '.join(STAGES)}")
+    p.add_argument("--only", default=",".join(DEFAULT_STAGES),
+                   help=f"comma-separated stages of {', '.join(STAGES)} (default: all but gpus)")
+    p.add_argument("--gpus", type=int, default=2, help="processes of the gpus stage (default 2)")
+    p.add_argument("--rank_worker", action="store_true", help=argparse.SUPPRESS)  # one torchrun process of "gpus"
+    p.add_argument("--rank_out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=None, help="timed training steps per repeat")
     p.add_argument("--repeats", type=int, default=None, help="repeats of each timed measurement (median reported)")
     p.add_argument("--batch", type=int, default=None, help="UNet batch of the fast path (full: 64)")
@@ -957,6 +1093,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["error"] = str(exc)
         _finish(report, args)
         return 1
+    if args.rank_worker:
+        return _unet_rank_worker(ctx)
     info.update(name=layout.name, frames=int(min(len(ctx.crops), len(ctx.features))), train_frames=len(ctx.train_idx),
                 held_out_frames=len(ctx.val_idx))
     report["person"] = info

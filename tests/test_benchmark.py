@@ -40,12 +40,12 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 def test_small_benchmark_reports_every_stage(small_run: tuple[Path, dict]) -> None:
-    from benchmarks.speed import PRIMARY, STAGES
+    from benchmarks.speed import DEFAULT_STAGES, PRIMARY
 
     work, report = small_run
     assert report["machine"]["device"] == "cpu"
     assert report["person"]["frames"] == 50  # clip5 cut to its first 2 s at 25 fps
-    assert set(report["stages"]) == set(STAGES)
+    assert set(report["stages"]) == set(DEFAULT_STAGES)
     for stage, rec in report["stages"].items():
         assert rec["status"] == "ok", (stage, rec.get("reason"))
         key, _unit = PRIMARY[stage]
@@ -63,12 +63,35 @@ def test_small_benchmark_reports_every_stage(small_run: tuple[Path, dict]) -> No
         assert 0 < v["val_l1"] < 1 and 0 < v["val_l1_init"] < 1
     assert set(report["stages"]["syncnet"]["results"]) == {"plain", "fast"}
     assert set(report["stages"]["forward"]["results"]) == {"plain b1", "plain b4", "render b1", "render b4"}
-    assert set(report["stages"]["landmarks"]["results"]) == {"scrfd+pfld", "scrfd+dlib"}
+    assert set(report["stages"]["landmarks"]["results"]) == {"scrfd+pfld", "scrfd+pfld, detect every frame",
+                                                              "scrfd+dlib"}
     assert report["stages"]["landmarks"]["results"]["scrfd+pfld"]["weights"] == "random"  # no PFLD checkpoint here
     render = report["stages"]["render"]["results"]["end_to_end"]
     assert render["frames"] == 25 and render["output_mib"] > 0
     assert (work / "w" / "render" / "render_1s.mp4").is_file()
     assert any("randomly initialised" in n for n in report["stages"]["unet"]["notes"])  # no VGG19 weights here
+
+
+def test_gpus_stage_runs_two_gloo_processes_on_the_cpu(small_run: tuple[Path, dict], tmp_path: Path) -> None:
+    work, report = small_run
+    person = work / "w" / "dataset" / report["person"]["name"]
+    out = tmp_path / "gpus.json"
+    rc = _main(["--size", "small", "--device", "cpu", "--dataset", str(person), "--only", "gpus", "--gpus", "2",
+                "--threads", "1", "--workdir", str(tmp_path / "w"), "--json", str(out), "--no_progress", "--quiet"])
+    assert rc == 0
+    rec = json.loads(out.read_text())["stages"]["gpus"]
+    assert rec["status"] == "ok", rec.get("reason")
+    one, two = rec["results"]["1 process"], rec["results"]["2 processes"]
+    assert one["processes"] == 1 and two["processes"] == 2 and two["backend"] == "gloo"
+    assert two["global_batch"] == 2 * one["global_batch"] == 2 * 4
+    for r in (one, two):
+        assert math.isfinite(r["samples_per_s"]) and r["samples_per_s"] > 0
+    assert two["scaling"] == round(two["samples_per_s"] / one["samples_per_s"], 3)
+    # one process asked for: skipped with the reason
+    rc = _main(["--size", "small", "--device", "cpu", "--dataset", str(person), "--only", "gpus", "--gpus", "1",
+                "--workdir", str(tmp_path / "w"), "--json", str(out), "--no_progress", "--quiet"])
+    skipped = json.loads(out.read_text())["stages"]["gpus"]
+    assert rc == 0 and skipped["status"] == "skipped" and "--gpus" in skipped["reason"]
 
 
 def test_missing_pieces_are_skipped_with_a_reason(small_run: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch,
@@ -97,5 +120,5 @@ def test_missing_pieces_are_skipped_with_a_reason(small_run: tuple[Path, dict], 
     assert set(stages) == {"render", "landmarks"}
     assert stages["render"]["status"] == "skipped" and "ffmpeg" in stages["render"]["reason"]
     lm = stages["landmarks"]
-    assert lm["status"] == "ok" and set(lm["results"]) == {"scrfd+pfld"}
+    assert lm["status"] == "ok" and set(lm["results"]) == {"scrfd+pfld", "scrfd+pfld, detect every frame"}
     assert any("dlib skipped" in n for n in lm["notes"])

@@ -69,6 +69,7 @@ class PreprocessResult:
     done_now: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    lip_activity: dict = field(default_factory=dict)  # synctalk.lipcheck: can lip sync be learnt from it?
 
 
 def write_landmarks(path: Path, points: np.ndarray) -> None:
@@ -348,6 +349,26 @@ def _crop_cache(opts: PreprocessOptions, layout: DatasetLayout, state: TrainingS
     result.done_now.append("crop cache")
 
 
+def _lip_activity(opts: PreprocessOptions, layout: DatasetLayout, count: int, state: TrainingState,
+                  result: PreprocessResult) -> None:
+    """Measure (once per landmarks/audio) whether the lips move with the speech; warn when they do not."""
+    from . import lipcheck
+
+    sec = state.section("preprocessing")
+    if not (sec.get("landmarks_done") and sec.get("audio_done") and layout.audio_wav.exists()):
+        return
+    fresh = {"landmarks", "audio"} & set(result.done_now)
+    if sec.get("lip_activity") and not fresh:
+        result.lip_activity = dict(sec["lip_activity"])
+        return
+    topology = sec.get("topology") or ("dlib68" if sec.get("landmarker") == "dlib" else "pfld110")
+    result.lip_activity = lipcheck.check_dataset(layout, topology, count, opts.fps)
+    state.update("preprocessing", lip_activity=result.lip_activity)
+    text = lipcheck.warning_text(opts.name, result.lip_activity, opts.video_path)
+    if text:
+        print(text, flush=True)
+
+
 def preprocess_video(opts: PreprocessOptions) -> PreprocessResult:
     """Run (or finish) preprocessing of one video; return what was done and skipped."""
     t0 = time.time()
@@ -387,6 +408,8 @@ def preprocess_video(opts: PreprocessOptions) -> PreprocessResult:
         _features(opts, layout, count, state, result)
     if opts.crop_cache and layout.crop_boxes.exists():
         _crop_cache(opts, layout, state, result)
+
+    _lip_activity(opts, layout, count, state, result)
 
     sec = state.section("preprocessing")
     done = bool(sec.get("frames_done") and sec.get("audio_done") and sec.get("landmarks_done")

@@ -10,6 +10,20 @@ from .layout import checkpoint_layout, dataset_layout
 from .state import TrainingState
 
 
+def _lip_mark(check: dict | None) -> str:
+    if not check:
+        return "[dim]–[/]"
+    return "[green]ok[/]" if check.get("ok") else "[red]no sync to learn[/]"
+
+
+def _lip_detail(check: dict | None) -> str:
+    if not check:
+        return ""
+    corr = check.get("audio_corr")
+    text = f"lip opening varies {check.get('aperture_cv', 0):.0%}, follows the audio r={corr if corr is None else round(corr, 2)}"
+    return text + ("" if check.get("ok") else " — no sync for a SyncNet to learn")
+
+
 def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[list[tuple[str, str, str]], str]:
     """(step, state, detail) rows and the next command to run."""
     layout = dataset_layout(dataset_dir, name)
@@ -32,6 +46,7 @@ def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[lis
         ("crop boxes", mark(bool(pre.get("crop_boxes_done"))), pre.get("topology", "")),
         ("features", mark(bool(pre.get("feature_files"))), ", ".join(sorted(pre.get("feature_files") or {}))),
         ("crop cache", mark(bool(pre.get("crop_cache_done"))), pre.get("crop_cache", "")),
+        ("lip activity", _lip_mark(pre.get("lip_activity")), _lip_detail(pre.get("lip_activity"))),
         ("syncnet", mark(bool(syn.get("completed"))),
          f"{syn.get('epochs', 0)} epochs, asr {syn.get('asr', '?')}" + (f", from {syn['reused_from']}" if syn.get("reused_from") else "")),
         ("unet", mark(bool(main.get("completed"))), f"{main.get('epochs', 0)} epochs, {len(main.get('checkpoints') or [])} checkpoints"),

@@ -1,0 +1,72 @@
+"""Whether a person's video holds lip sync to learn: lip opening against the loudness of the speech."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+
+from conftest import MODELS, VIDEOS
+from synctalk import lipcheck, media
+from synctalk.preprocess import PreprocessOptions, preprocess_video
+from synctalk.state import TrainingState
+
+
+def test_lip_activity_numbers_on_made_up_signals() -> None:
+    t = np.arange(200, dtype=np.float64)
+    loud = np.sin(t / 3.0)
+    talking = 0.10 + 0.05 * np.sin((t - 2) / 3.0)  # follows the sound two frames late
+    r = lipcheck.lip_activity(talking, loud)
+    assert r["ok"] and r["problems"] == []
+    assert r["audio_corr"] > 0.95 and r["audio_lag_frames"] == 2 and 0.3 < r["aperture_cv"] < 0.4
+    still = 0.10 + 0.002 * np.sin((t - 2) / 3.0)  # follows it, but barely moves
+    r = lipcheck.lip_activity(still, loud)
+    assert not r["ok"] and len(r["problems"]) == 1 and "hardly move" in r["problems"][0]
+    t = np.arange(2000, dtype=np.float64)  # long enough that chance correlations stay near 0
+    unrelated = 0.10 + 0.05 * np.random.default_rng(0).standard_normal(2000)
+    r = lipcheck.lip_activity(unrelated, np.sin(t / 3.0))
+    assert not r["ok"] and "does not follow" in r["problems"][-1]
+    assert lipcheck.warning_text("p", {"ok": True}) == ""
+    assert "SyncNet" in lipcheck.warning_text("p", r)
+
+
+def test_frame_loudness_follows_a_tone_burst() -> None:
+    sr, fps = 16000, 25
+    audio = np.zeros(sr * 2, np.float32)
+    audio[sr // 2:sr] = 0.5 * np.sin(2 * np.pi * 440 * np.arange(sr // 2) / sr)  # 0.5-1.0 s
+    loud = lipcheck.frame_loudness(audio, 50, fps, sr)
+    assert loud.shape == (50,)
+    assert (loud[13:25] > np.log(0.3)).all() and np.allclose(loud[:12], np.log(1e-4)) and np.allclose(loud[26:], np.log(1e-4))
+
+
+def test_preprocessing_flags_a_video_whose_lips_do_not_follow_its_speech(tmp_path, capsys) -> None:
+    """sun.mp4 speaks for 22 s with a smile that hardly changes: its lips do not follow the audio.
+    clip3's lips do. The check runs at the end of preprocessing and lands in the state file."""
+    results = {}
+    for name in ("sun", "clip3"):
+        src = tmp_path / f"{name}.mp4"
+        subprocess.run([media.ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(VIDEOS / f"{name}.mp4"), "-t", "4",
+                        "-c:v", "libx264", "-c:a", "aac", str(src)], check=True)
+        opts = PreprocessOptions(video_path=src, name=name, dataset_dir=tmp_path / "dataset", asr_model="mel",
+                                 landmarker="dlib", models_dir=MODELS, device="cpu", progress=False, crop_cache=False)
+        res = preprocess_video(opts)
+        results[name] = (res, capsys.readouterr().out)
+    sun, sun_out = results["sun"]
+    clip, clip_out = results["clip3"]
+    assert not sun.lip_activity["ok"] and sun.lip_activity["aperture_cv"] < 0.15
+    assert "warning" in sun_out and "sun.mp4" in sun_out and "hardly move" in sun_out
+    assert clip.lip_activity["ok"] and clip.lip_activity["aperture_cv"] > 0.4 and clip.lip_activity["audio_corr"] > 0.2
+    assert "warning" not in clip_out
+    saved = TrainingState(sun.layout.state_file).section("preprocessing")["lip_activity"]
+    assert saved == sun.lip_activity
+    # a rerun reads it back instead of measuring again, and says nothing new
+    again = preprocess_video(PreprocessOptions(video_path=tmp_path / "sun.mp4", name="sun",
+                                               dataset_dir=tmp_path / "dataset", asr_model="mel", landmarker="dlib",
+                                               models_dir=MODELS, device="cpu", progress=False, crop_cache=False))
+    assert again.lip_activity == sun.lip_activity and "warning" not in capsys.readouterr().out
+    # and `synctalk status` shows it
+    from synctalk.status import status_rows
+
+    rows, _ = status_rows(tmp_path / "dataset", tmp_path / "checkpoint", "sun")
+    lip = [r for r in rows if r[0] == "lip activity"][0]
+    assert "no sync to learn" in lip[1]

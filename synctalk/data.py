@@ -7,7 +7,8 @@ once from the frames and crop_boxes.npy and then memory-mapped: training never d
 an integer index tensor, and masking, normalisation and audio windows are done batched on the
 device. Samples:
 
-* SyncNet: crop i with audio window i (in sync, label 1) or with window j, |i - j| >= 5 (label 0).
+* SyncNet: crop i with audio window i (in sync, label 1) or with window j, |i - j| >= 5 (label 0);
+  some negatives are drawn 2-15 frames away (hard), and training pairs are jittered on the device.
 * UNet: target = inner crop of frame i; input = reference crop of another training frame
   concatenated with the target masked by a rectangle; audio = window i.
 """
@@ -222,6 +223,18 @@ def reference_indices(idx: "torch.Tensor", pool: "torch.Tensor", generator: "tor
     return ref
 
 
+def frame_groups(centres: "torch.Tensor", frames: int, lo: int, hi: int) -> "torch.Tensor":
+    """(G, frames) runs of consecutive frames centred on `centres`, clamped to [lo, hi].
+
+    The UNet trains on such runs when its SyncNet judges several frames at once: the critic then
+    sees `frames` generated crops in a row, and the held-out tail stays out of every run.
+    """
+    import torch
+
+    offsets = torch.arange(frames) - frames // 2
+    return (centres[:, None] + offsets[None, :]).clamp(lo, hi)
+
+
 # ---------------------------------------------------------------- batched samples on a device
 
 
@@ -320,6 +333,23 @@ class FrameData:
         """(B, 3, 320, 320) float crops of frames `idx`."""
         return self.to_float(self.crops_uint8(idx))
 
+    def face_stack(self, idx: "torch.Tensor", frames: int = 1, lo: int = 0, hi: int | None = None) -> "torch.Tensor":
+        """(B, 3·frames, 320, 320): crops of frames idx - frames//2 … idx + frames//2, oldest first.
+
+        Neighbours are clamped to [lo, hi] (default: the whole video), so a training stack never
+        reaches into the held-out tail and the first and last frames repeat at the ends.
+        """
+        import torch
+
+        if frames == 1:
+            return self.faces(idx)
+        hi = len(self) - 1 if hi is None else hi
+        offsets = torch.arange(frames, device=idx.device) - frames // 2
+        j = (idx[:, None] + offsets[None, :]).clamp(lo, hi).reshape(-1)
+        x = self.faces(j)
+        x = x.reshape(len(idx), frames * 3, *x.shape[2:])
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def audio(self, idx: "torch.Tensor") -> "torch.Tensor":
         """(B, *tensor_shape) audio windows of frames `idx`, zero-padded at the ends."""
         return self.spec.batch_windows(self.features, idx.to(self.features.device))
@@ -373,6 +403,143 @@ def load_frame_data(layout: DatasetLayout, asr: str, device: Any = "cpu", on_dev
             f"{layout.name}: {len(crops)} crops but {len(feats)} {asr!r} feature rows; rerun preprocessing"
         )
     return FrameData(crops, feats, asr, device=device, on_device=on_device, channels_last=channels_last)
+
+
+# ---------------------------------------------------------------- SyncNet: hard negatives and augmentation
+#
+# A person's video is short (a few hundred to a few thousand frames), and a SyncNet trained on it
+# with plain pairs learns to recognise the frames instead of the sync: a negative drawn from
+# anywhere in the video differs from the positive in head pose, lighting and the sentence being
+# spoken, all of which identify the moment without looking at the lips. Negatives a few frames
+# away share all of that and differ only in the mouth and the sound of that instant; random
+# geometric and photometric jitter takes away what is left of the frame identity.
+
+NEAR_NEGATIVE_OFFSETS = (2, 15)  # a hard negative's audio is this many frames away (both ends included)
+
+
+def near_indices(idx: "torch.Tensor", pool: "torch.Tensor", generator: "torch.Generator",
+                 offsets: tuple[int, int] = NEAR_NEGATIVE_OFFSETS) -> "torch.Tensor":
+    """For each index, a member of `pool` (sorted) min..max frames before or after it; far when none is."""
+    import torch
+
+    lo, hi = int(offsets[0]), int(offsets[1])
+    if not 1 <= lo <= hi:
+        raise SyncTalkError(f"near-negative offsets must satisfy 1 <= min <= max, got {offsets}")
+    n = len(idx)
+    dist = torch.randint(lo, hi + 1, (n,), generator=generator)
+    sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1, 1)
+
+    def member(j: "torch.Tensor") -> "torch.Tensor":
+        pos = torch.searchsorted(pool, j).clamp(max=len(pool) - 1)
+        return pool[pos] == j
+
+    out = idx + sign * dist
+    bad = ~member(out)
+    out[bad] = idx[bad] - sign[bad] * dist[bad]  # the other side (frames near either end of the pool)
+    bad = ~member(out)
+    if bad.any():
+        out[bad] = far_indices(idx[bad], pool, generator, lo)
+    return out
+
+
+def add_hard_negatives(face_idx: "torch.Tensor", audio_idx: "torch.Tensor", labels: "torch.Tensor",
+                       pool: "torch.Tensor", generator: "torch.Generator", fraction: float,
+                       offsets: tuple[int, int] = NEAR_NEGATIVE_OFFSETS) -> "torch.Tensor":
+    """`audio_idx` with `fraction` of the negatives (label 0) re-drawn near their face frame."""
+    import torch
+
+    if not 0.0 <= fraction <= 1.0:
+        raise SyncTalkError(f"the hard-negative fraction must be in [0, 1], got {fraction}")
+    neg = torch.nonzero(labels == 0).flatten()
+    pick = torch.rand(len(neg), generator=generator) < fraction
+    rows = neg[pick]
+    out = audio_idx.clone()
+    if len(rows):
+        out[rows] = near_indices(face_idx[rows], pool, generator, offsets)
+    return out
+
+
+@dataclass(frozen=True)
+class SyncNetAugment:
+    """Per-sample jitter of SyncNet training pairs, drawn on the host and applied batched on the device.
+
+    Faces: a random zoom (1 ± scale), translation (± shift of the side) and horizontal flip — a
+    mouth is near-symmetric, its sync is not — plus brightness, contrast and per-channel gain.
+    Audio (log-mel windows only): one band of up to `freq_mask` mel bins replaced by the window's
+    mean, and optionally a level offset. The offset is off by default: a person's recording has one
+    level, and loudness is one of the cues that go with how wide the mouth opens. Other audio
+    features are left alone: their channels have no such meaning.
+    Evaluation never augments: only the training loop calls this.
+    """
+
+    shift: float = 0.03
+    scale: float = 0.06
+    flip: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.15
+    channel_gain: float = 0.05
+    audio_gain: float = 0.0  # ± level offset in log-mel units
+    freq_mask: int = 8  # widest band of mel bins replaced by the window mean
+
+    # columns of `sample`'s table
+    _COLS = ("zoom", "tx", "ty", "flip", "bright", "contrast", "gain_b", "gain_g", "gain_r", "a_gain", "f0", "fw")
+
+    def sample(self, n: int, generator: "torch.Generator") -> "torch.Tensor":
+        """(n, 12) float32 jitter parameters (host, from `generator`): shard and move them like the indices."""
+        import torch
+
+        u = torch.rand(n, len(self._COLS), generator=generator) * 2 - 1  # uniform in [-1, 1)
+        p = torch.empty_like(u)
+        p[:, 0] = 1 + self.scale * u[:, 0]
+        p[:, 1] = 2 * self.shift * u[:, 1]  # affine_grid coordinates span 2 per side
+        p[:, 2] = 2 * self.shift * u[:, 2]
+        p[:, 3] = torch.where(u[:, 3] < 0, -1.0, 1.0) if self.flip else 1.0
+        p[:, 4] = self.brightness * u[:, 4]
+        p[:, 5] = 1 + self.contrast * u[:, 5]
+        p[:, 6:9] = 1 + self.channel_gain * u[:, 6:9]
+        p[:, 9] = self.audio_gain * u[:, 9]
+        p[:, 10] = (u[:, 10] + 1) / 2  # where the masked band starts, as a fraction of the free range
+        p[:, 11] = torch.floor((u[:, 11] + 1) / 2 * (self.freq_mask + 1)).clamp(max=self.freq_mask)
+        return p
+
+    def faces(self, x: "torch.Tensor", params: "torch.Tensor") -> "torch.Tensor":
+        """Jittered copies of float faces (B, 3·k, H, W) in [0, 1] (k stacked frames jittered alike)."""
+        import torch
+        import torch.nn.functional as F
+
+        p = params.to(device=x.device, dtype=torch.float32)
+        b = x.shape[0]
+        theta = torch.zeros(b, 2, 3, device=x.device, dtype=torch.float32)
+        theta[:, 0, 0] = p[:, 3] / p[:, 0]
+        theta[:, 1, 1] = 1 / p[:, 0]
+        theta[:, 0, 2] = p[:, 1]
+        theta[:, 1, 2] = p[:, 2]
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        y = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        mean = y.mean(dim=(1, 2, 3), keepdim=True)
+        y = (y - mean) * p[:, 5, None, None, None] + mean + p[:, 4, None, None, None]
+        shape = y.shape
+        y = y.reshape(b, -1, 3, *shape[2:]) * p[:, None, 6:9, None, None]  # per-colour gain, every stacked frame
+        y = y.reshape(shape).clamp_(0.0, 1.0).to(x.dtype)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y
+
+    def audio(self, a: "torch.Tensor", params: "torch.Tensor", layout: str) -> "torch.Tensor":
+        """Jittered copies of audio windows; only log-mel windows (B, 1, bins, T) are changed."""
+        import torch
+
+        if layout != "mel":
+            return a
+        p = params.to(device=a.device, dtype=torch.float32)
+        bins = a.shape[2]
+        width = p[:, 11].clamp(max=bins - 1)
+        start = torch.floor(p[:, 10] * (bins - width + 1)).clamp(max=bins - 1)
+        k = torch.arange(bins, device=a.device, dtype=torch.float32)
+        masked = (k[None] >= start[:, None]) & (k[None] < (start + width)[:, None])  # (B, bins)
+        y = a.float() + p[:, 9, None, None, None]
+        y = torch.where(masked[:, None, :, None], y.mean(dim=(2, 3), keepdim=True), y)
+        return y.to(a.dtype)
 
 
 # ---------------------------------------------------------------- dataset checks

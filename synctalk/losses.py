@@ -134,8 +134,16 @@ def load_perceptual_loss(spec: str, models_dir: "str | os.PathLike | None" = Non
 def sync_loss(syncnet: nn.Module, face: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
     """BCE-with-logits of a frozen SyncNet judging generated `face` against its `audio` as in sync.
 
-    The caller freezes the SyncNet (eval mode, requires_grad False); gradients reach `face`.
+    The caller freezes the SyncNet (eval mode, requires_grad False); gradients reach `face`. A
+    SyncNet of k > 1 frames judges consecutive runs: `face` is then (G·k, 3, H, W) in runs of k
+    consecutive frames and each run is scored against the audio of its middle frame.
     """
+    frames = int(getattr(syncnet, "face_frames", 1))
+    if frames > 1:
+        if face.shape[0] % frames:
+            raise ValueError(f"a {frames}-frame SyncNet needs a batch in runs of {frames} frames, got {face.shape[0]}")
+        face = face.reshape(face.shape[0] // frames, frames * face.shape[1], *face.shape[2:])
+        audio = audio[frames // 2::frames]
     audio_emb, face_emb = syncnet(face, audio)
     logits = syncnet.logits(audio_emb, face_emb)
     return F.binary_cross_entropy_with_logits(logits.float(), torch.ones_like(logits, dtype=torch.float32))

@@ -44,9 +44,10 @@ def test_syncnet_embeddings_unit_norm_and_logits_finite(asr: str) -> None:
     torch.testing.assert_close(a.norm(dim=1), torch.ones(2))
     torch.testing.assert_close(v.norm(dim=1), torch.ones(2))
     assert logits.shape == (2,) and torch.isfinite(logits).all()
-    # the face encoder sees only the lower half of the crop
+    # the face encoder sees only the mouth band of the crop (rows 64:224)
     changed = face.clone()
-    changed[:, :, :160] = torch.rand(2, 3, 160, 320)
+    changed[:, :, :64] = torch.rand(2, 3, 64, 320)
+    changed[:, :, 224:] = torch.rand(2, 3, 96, 320)
     with torch.no_grad():
         torch.testing.assert_close(net.encode_face(changed), v)
 

@@ -4,6 +4,18 @@ A face encoder and an audio encoder, each a Conv+BN+LeakyReLU stack with residua
 512-d L2-normalised embeddings; `logits` turns their cosine into a sync logit with a learnable scale
 and bias, trained with BCE-with-logits (1 = in sync). Trained per person before the UNet and then
 used frozen as a lip-sync loss on the UNet's output.
+
+What each encoder sees matters more than its size on a person's few hundred frames:
+
+* the face: the crop runs from the nose bridge to below the chin, so the mouth lies in rows
+  ~70-190 of the 320 crop (measured on dlib landmarks of five fixture videos); the encoder sees the
+  band FACE_ROWS = 0.2..0.7 of the height (rows 64-224): mouth and jaw, no neck or hair.
+* the audio (log-mel): the window spans 16 video frames (640 ms) but one frame's mouth depends on
+  ~±100 ms of sound; with global pooling a 640 ms window scores its neighbours a frame or two away
+  almost the same. The encoder sees the central AUDIO_CONTEXT mel steps around the frame's own.
+* time on the face side: with `face_frames` > 1 the face input stacks that many consecutive crops
+  centred on the frame (3 channels each, oldest first), so the encoder sees the mouth move, as the
+  5-frame SyncNet of Wav2Lip does; one still frame says little about which 40 ms of sound it shows.
 """
 
 from __future__ import annotations
@@ -19,6 +31,8 @@ from synctalk.errors import SyncTalkError
 from .model import resolve_widths
 
 EMBED_DIM = 512
+FACE_ROWS = (0.2, 0.7)  # the encoded band of the crop, as fractions of its height (top, bottom)
+AUDIO_CONTEXT = 24  # log-mel steps (10 ms each) around the frame that the audio encoder sees; 0: all
 
 
 class ConvBlock(nn.Module):
@@ -62,11 +76,11 @@ def _audio_encoder(asr: str, shape: tuple[int, ...], widths: Sequence[int]) -> n
     if asr == "mel":
         _, bins, _ = shape
         layers: list[nn.Module] = [_PerBinNorm(bins)]
-        layers += _stage(1, c0, 1, 1)  # 80 x 64
-        layers += _stage(c0, c1, 2, 2)  # 40 x 32
-        layers += _stage(c1, c2, 2, 2)  # 20 x 16
-        layers += _stage(c2, c3, 2, 2)  # 10 x 8
-        layers += _stage(c3, c4, 2, 2)  # 5 x 4
+        layers += _stage(1, c0, 1, 1)  # 80 x T (T: AUDIO_CONTEXT steps, or 64)
+        layers += _stage(c0, c1, 2, 2)  # 40 x T/2
+        layers += _stage(c1, c2, 2, 2)  # 20 x T/4
+        layers += _stage(c2, c3, 2, 2)  # 10 x T/8
+        layers += _stage(c3, c4, 2, 2)  # 5 x T/16
     else:
         cin, h, w = shape
         # bring every reshaped feature block to 16x16 in the second stage, then 8x8 and 4x4
@@ -83,22 +97,42 @@ class SyncNet(nn.Module):
     """Audio–mouth sync critic; `forward(face, audio) -> (audio_emb, face_emb)`, both (B, 512) unit norm.
 
     `face` is the (B, 3, 320, 320) BGR [0, 1] network crop (any size works: pooling is global). Only
-    its lower half (rows 160:320 of a 320 crop) is encoded: that is where the mouth and jaw are,
-    the upper face carries no sync signal, and halving the pixels halves the encoder's cost.
-    `audio` is the audio model's window tensor (`get_spec(asr).tensor_shape`).
+    the band `face_rows` of its height is encoded (rows 64:224 of a 320 crop): the mouth and jaw;
+    the nose, neck and hair carry no sync signal, and half the pixels halve the encoder's cost.
+    `audio` is the audio model's window tensor (`get_spec(asr).tensor_shape`); of a log-mel window
+    only the `audio_context` steps centred on the frame are encoded (0: the whole window).
     """
 
     def __init__(self, asr: str, width: "str | Sequence[int]" = "full", *, embed_dim: int = EMBED_DIM,
-                 dropout: float = 0.0, init_scale: float = 10.0):
+                 dropout: float = 0.0, init_scale: float = 10.0,
+                 face_rows: tuple[float, float] = FACE_ROWS, audio_context: int = AUDIO_CONTEXT,
+                 face_frames: int = 1):
         super().__init__()
         from synctalk.audio.registry import get_spec
 
         c0, c1, c2, c3, c4 = widths = resolve_widths(width)
+        top, bottom = (float(r) for r in face_rows)
+        if not 0.0 <= top < bottom <= 1.0:
+            raise SyncTalkError(f"SyncNet face_rows must satisfy 0 <= top < bottom <= 1, got {face_rows}")
+        if face_frames < 1 or face_frames % 2 == 0:
+            raise SyncTalkError(f"SyncNet face_frames must be odd and >= 1 (centred on the frame), got {face_frames}")
+        spec = get_spec(asr)
         self.asr = asr
+        self.face_frames = int(face_frames)
+        self.audio_context = int(audio_context)
         self.width = width if isinstance(width, str) else list(widths)
-        self.audio_shape = tuple(get_spec(asr).tensor_shape)
+        self.audio_shape = tuple(spec.tensor_shape)
+        self.face_rows = (top, bottom)
+        # the time slice of a log-mel window around the frame's own steps (other features: all of it)
+        self.audio_slice: slice | None = None
+        if spec.layout == "mel" and audio_context > 0:
+            steps = int(spec.frame_shape[0])  # mel steps per video frame
+            total = self.audio_shape[-1]
+            centre = spec.left * steps + steps // 2
+            start = min(max(centre - audio_context // 2, 0), max(total - audio_context, 0))
+            self.audio_slice = slice(start, min(start + audio_context, total))
 
-        face: list[nn.Module] = [ConvBlock(3, c0, 7, 1, 3)]  # 160 x 320 (lower half of the crop)
+        face: list[nn.Module] = [ConvBlock(3 * self.face_frames, c0, 7, 1, 3)]  # 160 x 320 (the mouth band)
         face += _stage(c0, c0, 2, 0, kernel=5)  # 80 x 160
         face += _stage(c0, c1, 2, 2)  # 40 x 80
         face += _stage(c1, c2, 2, 3)  # 20 x 40
@@ -120,7 +154,8 @@ class SyncNet(nn.Module):
     @property
     def config(self) -> dict:
         """What the constructor needs to rebuild this network (saved beside checkpoints)."""
-        return {"asr": self.asr, "width": self.width}
+        return {"asr": self.asr, "width": self.width, "face_rows": list(self.face_rows),
+                "audio_context": self.audio_context, "face_frames": self.face_frames}
 
     def _embed(self, encoder: nn.Module, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = encoder(x).mean(dim=(2, 3))
@@ -128,11 +163,17 @@ class SyncNet(nn.Module):
         # normalise in float32: under bf16 autocast a bf16 cosine is too coarse for the logit scale
         return F.normalize(x.float(), p=2, dim=1)
 
+    def face_band(self, height: int) -> slice:
+        """The rows of a crop `height` pixels tall that the face encoder sees."""
+        top, bottom = self.face_rows
+        return slice(int(round(top * height)), max(int(round(bottom * height)), int(round(top * height)) + 1))
+
     def encode_face(self, face: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) crop → (B, 512) unit embedding of its lower half."""
-        if face.dim() != 4 or face.shape[1] != 3:
-            raise SyncTalkError(f"SyncNet face input must be (B, 3, H, W), got {tuple(face.shape)}")
-        return self._embed(self.face_encoder, self.face_proj, face[:, :, face.shape[2] // 2 :])
+        """(B, 3·face_frames, H, W) crops → (B, 512) unit embedding of their mouth band."""
+        if face.dim() != 4 or face.shape[1] != 3 * self.face_frames:
+            raise SyncTalkError(f"SyncNet face input must be (B, {3 * self.face_frames}, H, W) "
+                                f"({self.face_frames} frame(s) of 3 channels), got {tuple(face.shape)}")
+        return self._embed(self.face_encoder, self.face_proj, face[:, :, self.face_band(face.shape[2])])
 
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, *tensor_shape) audio window → (B, 512) unit embedding."""
@@ -141,6 +182,8 @@ class SyncNet(nn.Module):
                 f"SyncNet built for audio model {self.asr!r} expects audio (B, {', '.join(map(str, self.audio_shape))}), "
                 f"got {tuple(audio.shape)}"
             )
+        if self.audio_slice is not None:
+            audio = audio[..., self.audio_slice]
         return self._embed(self.audio_encoder, self.audio_proj, audio)
 
     def forward(self, face: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -409,7 +409,7 @@ def print_epoch(what: str, epoch: int, epochs: int, m: dict[str, float], best: b
     """The one-line summary of an epoch."""
     parts = [f"{what} epoch {epoch}/{epochs}"]
     for k in ("train_loss", "train_acc", "l1", "perceptual", "sync", "val_loss", "val_acc", "offset_acc",
-              "val_l1", "val_psnr"):
+              "offset_acc_1", "clip_offset", "val_l1", "val_psnr"):
         if k in m:
             parts.append(f"{k} {m[k]:.4g}")
     parts.append(f"{m.get('samples_per_s', 0):.0f} img/s, {m.get('seconds', 0):.1f} s")

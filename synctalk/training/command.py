@@ -55,6 +55,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=0.001, help="learning rate (default 0.001)")
     g.add_argument("--syncnet_pairs_per_epoch", type=int, default=8192,
                    help="SyncNet: pairs drawn per epoch at least (short videos repeat frames; default 8192)")
+    g.add_argument("--syncnet_hard_negatives", type=float, default=0.5,
+                   help="SyncNet: share of negatives whose audio is 2-15 frames from the face (default 0.5)")
+    g.add_argument("--syncnet_face_frames", type=int, default=None,
+                   help="SyncNet: consecutive face crops it sees, odd (default 1; a resumed run keeps its own)")
+    g.add_argument("--syncnet_audio_context", type=int, default=None,
+                   help="SyncNet, log-mel only: 10 ms steps of sound around the frame it hears (0: the whole window)")
+    g.add_argument("--syncnet_augment", action="store_true",
+                   help="SyncNet: jitter the training pairs (shift/zoom/flip/colour, a masked mel band); slows the "
+                        "first epochs, meant for videos of several minutes")
     g.add_argument("--lr_scaling", default="none", choices=("none", "linear", "sqrt"),
                    help="scale --lr for large batches: linear → lr × B/B0, sqrt → lr × sqrt(B/B0), where B is "
                         "the global batch (processes × batchsize) and B0 the default batch (8 UNet, 16 SyncNet)")
@@ -244,6 +253,8 @@ def _train(args: argparse.Namespace, base: Path, name: str, dist: Any) -> int:
             val_fraction=args.val_fraction, keep_checkpoints=args.keep_checkpoints,
             save_interval=args.save_interval, restart=args.restart, run=run_opts,
             min_pairs_per_epoch=args.syncnet_pairs_per_epoch,
+            hard_negatives=args.syncnet_hard_negatives, augment=args.syncnet_augment,
+            face_frames=args.syncnet_face_frames, audio_context=args.syncnet_audio_context,
         )
         result = train_syncnet(cfg)
         if result.trained_epochs:

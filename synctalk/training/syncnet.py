@@ -1,10 +1,15 @@
 """The per-person SyncNet: train it (resumably), validate it, reuse one, load one frozen.
 
 Each epoch every training frame is shown once, half of them with their own audio window (label 1)
-and half with a window at least 5 frames away (label 0), drawn anew every epoch. The loss is
-BCE-with-logits on `SyncNet.logits`. Validation runs on the held-out tail: loss, accuracy, and
-offset accuracy — the fraction of held-out frames whose own window (offset 0) scores highest among
-offsets -15…+15. checkpoint_best.pth is the epoch with the best offset accuracy.
+and half with a window at least 5 frames away (label 0), drawn anew every epoch; a share of those
+negatives (`hard_negatives`) is re-drawn 2-15 frames away, and with `augment` the pairs are jittered
+on the device (never in validation). The loss is BCE-with-logits on `SyncNet.logits`.
+
+Validation runs on the held-out tail: loss, accuracy, and offset accuracy — the fraction of
+held-out frames whose own window (offset 0) scores highest among offsets -15…+15 — with two looser
+readings of the same scores: `offset_acc_1` (the best offset within ±1 frame) and `clip_offset` (the
+offset with the highest mean score over the whole tail, 0 when the critic finds the clip in sync).
+checkpoint_best.pth is the epoch with the best offset accuracy.
 """
 
 from __future__ import annotations
@@ -49,6 +54,13 @@ class SyncNetTrainConfig:
     # a person's video is short: an epoch draws at least this many pairs (frames repeat, each time
     # with a fresh negative) so the critic gets enough steps per epoch to leave the 0.69 plateau
     min_pairs_per_epoch: int = 8192
+    # against memorising a short video (synctalk.data, "SyncNet: hard negatives and augmentation"):
+    # batched jitter of the training pairs, and the share of negatives drawn 2-15 frames away
+    augment: bool = False
+    hard_negatives: float = 0.5
+    # what the critic sees (None: a resumed run's value, else the network's default)
+    face_frames: int | None = None  # consecutive crops on the face side
+    audio_context: int | None = None  # log-mel steps around the frame (0: the whole window)
     run: RunOptions = field(default_factory=RunOptions)
 
 
@@ -102,8 +114,8 @@ def train_syncnet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch
         order = pool[torch.randint(len(pool), (batch_size,), generator=g)]
         face_idx, audio_idx, labels = syncnet_pairs(order, pool, g, shuffle=False)
         face_idx, audio_idx, labels = face_idx.to(device), audio_idx.to(device), labels.to(device)
-        loss, _ = syncnet_step(model, optimizer, scaler, data.faces(face_idx), data.audio(audio_idx), labels,
-                               device, amp)
+        faces = data.face_stack(face_idx, _raw(model).face_frames, int(pool.min()), int(pool.max()))
+        loss, _ = syncnet_step(model, optimizer, scaler, faces, data.audio(audio_idx), labels, device, amp)
         if step == 0:
             synchronize(device)
             t0 = time.perf_counter()
@@ -155,7 +167,7 @@ def evaluate_syncnet(model: Any, data: Any, val_idx: Any, *, device: Any, amp: s
             sl = slice(start, start + batch_size)
             fi, ai, y = face_idx[sl].to(device), audio_idx[sl].to(device), labels[sl].to(device)
             with autocast(device, amp):
-                a, f = raw(data.faces(fi), data.audio(ai))
+                a, f = raw(data.face_stack(fi, raw.face_frames), data.audio(ai))
             logits = raw.logits(a, f).float()
             loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
             correct += ((logits > 0).float() == y).sum()
@@ -164,7 +176,7 @@ def evaluate_syncnet(model: Any, data: Any, val_idx: Any, *, device: Any, amp: s
         for start in range(0, len(span), batch_size):
             idx = span[start:start + batch_size].to(device)
             with autocast(device, amp):
-                a, f = raw(data.faces(idx), data.audio(idx))
+                a, f = raw(data.face_stack(idx, raw.face_frames), data.audio(idx))
             a_parts.append(a.float())
             f_parts.append(f.float())
         emb_a = torch.cat(a_parts)
@@ -176,11 +188,19 @@ def evaluate_syncnet(model: Any, data: Any, val_idx: Any, *, device: Any, amp: s
         ff = emb_f[(v - lo).to(device)]  # (V, 512)
         scores = raw.logits(emb_a[jj.reshape(-1)], ff.repeat_interleave(len(offsets), dim=0)).float()
         scores = scores.reshape(len(v), len(offsets)).masked_fill(~valid.to(device), float("-inf"))
-        offset_acc = (scores.argmax(dim=1) == max_offset).float().mean()
+        best = scores.argmax(dim=1)
+        offset_acc = (best == max_offset).float().mean()
+        near_acc = ((best - max_offset).abs() <= 1).float().mean()
+        # the clip as a whole: the offset whose mean score over the held-out frames is highest
+        vd = valid.to(device)
+        counts = vd.sum(dim=0)
+        mean_scores = scores.masked_fill(~vd, 0.0).sum(dim=0) / counts.clamp(min=1)
+        clip_offset = int(offsets[int(mean_scores.masked_fill(counts == 0, float("-inf")).argmax())])
     if was_training:
         raw.train()
     m = len(face_idx)
-    return {"val_loss": float(loss_sum) / m, "val_acc": float(correct) / m, "offset_acc": float(offset_acc)}
+    return {"val_loss": float(loss_sum) / m, "val_acc": float(correct) / m, "offset_acc": float(offset_acc),
+            "offset_acc_1": float(near_acc), "clip_offset": clip_offset}
 
 
 # ---------------------------------------------------------------- reuse and loading
@@ -208,10 +228,16 @@ def load_syncnet(path: str | Path, device: Any = "cpu", asr: str | None = None) 
     ckpt = load_checkpoint(path, "syncnet")
     if asr is not None:
         check_asr(ckpt, asr, path, "use a SyncNet trained on the same audio features (or --no_syncnet)")
-    cfg = ckpt.get("config") or {}
-    model = SyncNet(ckpt["asr"], cfg.get("width", "full"))
+    model = SyncNet(ckpt["asr"], **network_options(ckpt.get("config") or {}))
     model.load_state_dict(ckpt["model"])
     return model.to(torch.device(device)).eval(), ckpt
+
+
+def network_options(config: dict[str, Any]) -> dict[str, Any]:
+    """SyncNet constructor options from a checkpoint's config; files without them are of the first layout
+    (the lower half of the crop, the whole audio window, one frame)."""
+    return {"width": config.get("width", "full"), "face_rows": tuple(config.get("face_rows", (0.5, 1.0))),
+            "audio_context": int(config.get("audio_context", 0)), "face_frames": int(config.get("face_frames", 1))}
 
 
 def syncnet_status(layout: DatasetLayout) -> dict[str, Any]:
@@ -269,6 +295,17 @@ def train_syncnet(cfg: SyncNetTrainConfig) -> SyncNetResult:
             f"{resume['_path']} is a {resume['config']['width']!r}-width SyncNet but --width {width} was asked; "
             f"drop --width to continue it or pass --restart to start over"
         )
+    options = {"width": width}
+    if resume is not None:
+        options = network_options(resume.get("config") or {})
+    for key, flag in (("face_frames", "--syncnet_face_frames"), ("audio_context", "--syncnet_audio_context")):
+        asked = getattr(cfg, key)
+        if asked is None:
+            continue
+        if resume is not None and options[key] != asked:
+            raise SyncTalkError(f"{resume['_path']} was trained with {key} {options[key]} but {flag} {asked} was "
+                                f"asked: drop {flag} to continue it or pass --restart to start over")
+        options[key] = asked
     start_epoch = int(resume["epoch"]) if resume else 0
     dist.agree((start_epoch, asr, width), "the resumed epoch, audio features and width")
     if resume is not None and start_epoch >= cfg.epochs:
@@ -278,9 +315,14 @@ def train_syncnet(cfg: SyncNetTrainConfig) -> SyncNetResult:
         dist.log(f"SyncNet of {cfg.name} already has {start_epoch} epochs (>= {cfg.epochs}): {best}")
         return SyncNetResult(best, start_epoch, asr, 0, dict(resume.get("metrics") or {}))
 
+    lips = (state.section("preprocessing") or {}).get("lip_activity") or {}
+    if lips and not lips.get("ok", True):
+        from ..lipcheck import warning_text
+
+        dist.log(warning_text(cfg.name, lips))
     amp = resolve_amp(run.amp, device)
     configure_backends(device)
-    setup = set_up_run(layout, asr, SyncNet(asr, width), lr=cfg.lr, val_fraction=cfg.val_fraction, device=device,
+    setup = set_up_run(layout, asr, SyncNet(asr, **options), lr=cfg.lr, val_fraction=cfg.val_fraction, device=device,
                        amp=amp, run=run, resume=resume)
     data, train_idx, val_idx = setup.data, setup.train_idx, setup.val_idx
     model, optimizer, scaler, gen = setup.model, setup.optimizer, setup.scaler, setup.generator
@@ -292,13 +334,14 @@ def train_syncnet(cfg: SyncNetTrainConfig) -> SyncNetResult:
         dist.log(f"resuming SyncNet of {cfg.name} from epoch {start_epoch} ({resume['_path']})")
     # DDP first, then compile (the documented order); `model` stays the plain module for checkpoints
     step_model = maybe_compile(dist.wrap(model, device, run.sync_bn), run.compile)
-    config = {"asr": asr, "width": width, "batch_size": cfg.batch_size, "lr": cfg.lr, "epochs": cfg.epochs,
+    config = {**model.config, "batch_size": cfg.batch_size, "lr": cfg.lr, "epochs": cfg.epochs,
               "val_fraction": cfg.val_fraction, "amp": amp, "seed": run.seed, "frames": len(data),
               "max_offset": MAX_OFFSET, "world_size": dist.world_size,
               "global_batch_size": cfg.batch_size * dist.world_size}
     procs = f" × {dist.world_size} processes" if dist.enabled else ""
     dist.log(f"SyncNet {cfg.name}: {len(train_idx)} training / {len(val_idx)} held-out frames, asr {asr}, "
-             f"width {width}, batch {cfg.batch_size}{procs}, lr {cfg.lr:g}, {device} ({amp}), "
+             f"width {width}, {model.face_frames} frame(s), batch {cfg.batch_size}{procs}, lr {cfg.lr:g}, "
+             f"{device} ({amp}), "
              f"epochs {start_epoch}→{cfg.epochs}")
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -346,14 +389,19 @@ def _syncnet_epoch(model: Any, optimizer: Any, scaler: Any, data: Any, pool: Any
     import torch
     from tqdm import tqdm
 
-    from ..data import syncnet_pairs
+    from ..data import SyncNetAugment, add_hard_negatives, syncnet_pairs
 
     run = cfg.run
     model.train()
     repeats = max(1, math.ceil(cfg.min_pairs_per_epoch / max(len(pool), 1)))
     face_idx, audio_idx, labels = syncnet_pairs(pool.repeat(repeats), pool, gen)
-    face_idx, audio_idx, labels = (run.dist.shard(t) for t in (face_idx, audio_idx, labels))
-    face_idx, audio_idx, labels = face_idx.to(device), audio_idx.to(device), labels.to(device)
+    if cfg.hard_negatives > 0:
+        audio_idx = add_hard_negatives(face_idx, audio_idx, labels, pool, gen, cfg.hard_negatives)
+    aug = SyncNetAugment() if cfg.augment else None
+    frames, lo, hi = _raw(model).face_frames, int(pool.min()), int(pool.max())  # stacks stay in the training frames
+    # jitter drawn with the pairs (host generator): the same on every rank and after a resume
+    jitter = aug.sample(len(face_idx), gen) if aug is not None else torch.zeros(len(face_idx), 0)
+    face_idx, audio_idx, labels, jitter = (run.dist.shard(t).to(device) for t in (face_idx, audio_idx, labels, jitter))
     n = len(face_idx)
     sums = torch.zeros(2, device=device)  # loss·batch, correct
     window = torch.zeros(2, device=device)
@@ -363,8 +411,11 @@ def _syncnet_epoch(model: Any, optimizer: Any, scaler: Any, data: Any, pool: Any
                disable=not (run.progress and run.dist.is_main))
     for k, sl in enumerate(batches(n, cfg.batch_size)):
         b = sl.stop - sl.start
-        loss, correct = syncnet_step(model, optimizer, scaler, data.faces(face_idx[sl]), data.audio(audio_idx[sl]),
-                                     labels[sl], device, amp)
+        faces = data.face_stack(face_idx[sl], frames, lo, hi)
+        audio = data.audio(audio_idx[sl])
+        if aug is not None:
+            faces, audio = aug.faces(faces, jitter[sl]), aug.audio(audio, jitter[sl], data.spec.layout)
+        loss, correct = syncnet_step(model, optimizer, scaler, faces, audio, labels[sl], device, amp)
         step = torch.stack([loss * b, correct])
         sums += step
         window += step

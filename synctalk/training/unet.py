@@ -82,6 +82,11 @@ class UNetLosses:
         self.syncnet = syncnet if sync_weight else None
         self.sync_weight = sync_weight
 
+    @property
+    def group(self) -> int:
+        """Consecutive frames each batch must come in (the SyncNet's face frames; 1 without one)."""
+        return int(getattr(self.syncnet, "face_frames", 1)) if self.syncnet is not None else 1
+
     def __call__(self, pred: Any, target: Any, audio: Any) -> tuple[Any, Any]:
         import torch
 
@@ -122,7 +127,7 @@ def train_unet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch_si
     """Run `steps` training steps on random frames (for benchmarks); returns the loss and samples/s."""
     import torch
 
-    from ..data import DEFAULT_MASK, reference_indices
+    from ..data import DEFAULT_MASK, frame_groups, reference_indices
 
     g = generator or torch.Generator().manual_seed(0)
     scaler = scaler or make_scaler(device, amp)
@@ -132,8 +137,11 @@ def train_unet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch_si
     total = torch.zeros(len(LOSS_TERMS), device=device)
     t0 = None
     done = 0
+    k = losses.group
+    lo, hi = int(pool.min()), int(pool.max())
     for step in range(steps + 1):  # step 0 warms up (allocator, cudnn autotune, compile)
-        idx = pool[torch.randint(len(pool), (batch_size,), generator=g)]
+        centres = pool[torch.randint(len(pool), (max(1, batch_size // k),), generator=g)]
+        idx = frame_groups(centres, k, lo, hi).reshape(-1)
         ref = reference_indices(idx, pool, g)
         batch = data.unet_batch(idx.to(device), ref.to(device), mask)
         parts = unet_step(model, optimizer, scaler, batch, losses, device, amp)
@@ -142,7 +150,7 @@ def train_unet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch_si
             t0 = time.perf_counter()
             continue
         total += parts
-        done += batch_size
+        done += len(idx)
     synchronize(device)
     dt = time.perf_counter() - (t0 or time.perf_counter())
     out = {k: v / max(steps, 1) for k, v in zip(LOSS_TERMS, total.tolist())}
@@ -410,21 +418,26 @@ def _unet_epoch(model: Any, optimizer: Any, scaler: Any, data: Any, pool: Any, g
     import torch
     from tqdm import tqdm
 
-    from ..data import reference_indices
+    from ..data import frame_groups, reference_indices
 
     run = cfg.run
     model.train()
+    k = losses.group  # > 1: the SyncNet judges runs of k consecutive frames, so batches come in such runs
     order = pool[torch.randperm(len(pool), generator=gen)]
-    refs = reference_indices(order, pool, gen)
-    order, refs = run.dist.shard(order).to(device), run.dist.shard(refs).to(device)
+    if k > 1:
+        order = frame_groups(order[: max(1, len(pool) // k)], k, int(pool.min()), int(pool.max()))
+    refs = reference_indices(order.reshape(-1), pool, gen).reshape(order.shape)
+    # shard whole runs; then flat sample order
+    order, refs = run.dist.shard(order).reshape(-1).to(device), run.dist.shard(refs).reshape(-1).to(device)
     n = len(order)
+    batch_size = max(k, cfg.batch_size // k * k)
     sums = torch.zeros(len(LOSS_TERMS), device=device)
     window = torch.zeros(len(LOSS_TERMS), device=device)
     seen = win_seen = 0
     t0 = time.perf_counter()
     bar = tqdm(total=n, desc=f"UNet {epoch}/{cfg.epochs}", unit="img", leave=False,
                disable=not (run.progress and run.dist.is_main))
-    for k, sl in enumerate(batches(n, cfg.batch_size)):
+    for step, sl in enumerate(batches(n, batch_size)):
         b = sl.stop - sl.start
         batch = data.unet_batch(order[sl], refs[sl], mask)
         parts = unet_step(model, optimizer, scaler, batch, losses, device, amp)
@@ -433,7 +446,7 @@ def _unet_epoch(model: Any, optimizer: Any, scaler: Any, data: Any, pool: Any, g
         seen += b
         win_seen += b
         bar.update(b)
-        if (k + 1) % max(run.log_every, 1) == 0:
+        if (step + 1) % max(run.log_every, 1) == 0:
             w = [x / win_seen for x in window.tolist()]  # the only host sync, every log_every steps
             check_finite(w[0], epoch)
             bar.set_postfix(loss=f"{w[0]:.4f}", l1=f"{w[1]:.4f}", perc=f"{w[2]:.4g}", sync=f"{w[3]:.4f}",

@@ -1,0 +1,247 @@
+"""SyncNet against memorising a short video: what it looks at, hard negatives, batched augmentation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from synctalk import data as D
+from synctalk.errors import SyncTalkError
+from unet_328 import SyncNet
+
+
+def _mel(batch: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 1, 80, 64, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- what the critic sees
+
+
+def test_face_encoder_sees_the_mouth_band_only() -> None:
+    torch.manual_seed(0)
+    net = SyncNet("mel", "tiny").train()  # batch statistics: an untrained eval-mode net maps all inputs alike
+    band = net.face_band(320)
+    assert (band.start, band.stop) == (64, 224)  # the mouth (rows ~70-190 of the crop) and the jaw
+    face = torch.rand(2, 3, 320, 320)
+    with torch.no_grad():
+        ref = net.encode_face(face)
+        outside = face.clone()
+        outside[:, :, :64] = torch.rand(2, 3, 64, 320)
+        outside[:, :, 224:] = torch.rand(2, 3, 96, 320)
+        torch.testing.assert_close(net.encode_face(outside), ref)
+        mouth = face.clone()
+        mouth[:, :, 100:140] = 0.0  # a dark open mouth
+        assert (net.encode_face(mouth) - ref).abs().max() > 1e-3
+    with pytest.raises(SyncTalkError):
+        SyncNet("mel", "tiny", face_rows=(0.7, 0.2))
+
+
+def test_mel_audio_encoder_sees_the_steps_around_its_frame() -> None:
+    torch.manual_seed(0)
+    net = SyncNet("mel", "tiny").train()
+    s = net.audio_slice
+    # frame i's own mel steps are 32..35 of the 64 (8 frames of 4 before it): the slice is centred there
+    assert s.stop - s.start == 24 and s.start <= 32 and s.stop >= 36 and (s.start + s.stop) / 2 == 34
+    audio = _mel(2)
+    with torch.no_grad():
+        ref = net.encode_audio(audio)
+        far = audio.clone()
+        far[..., : s.start] = torch.randn(2, 1, 80, s.start)
+        far[..., s.stop:] = torch.randn(2, 1, 80, 64 - s.stop)
+        torch.testing.assert_close(net.encode_audio(far), ref)
+        near = audio.clone()
+        near[..., 32:36] += 3.0
+        assert (net.encode_audio(near) - ref).abs().max() > 1e-3
+    assert SyncNet("mel", "tiny", audio_context=0).audio_slice is None  # the whole window
+    assert SyncNet("ave", "tiny").audio_slice is None  # reshaped features keep their whole window
+
+
+def test_multi_frame_face_input_and_stacks_that_stay_in_their_range() -> None:
+    net = SyncNet("mel", "tiny", face_frames=5).eval()
+    assert net.config["face_frames"] == 5
+    with torch.no_grad():
+        a, f = net(torch.rand(2, 15, 320, 320), _mel(2))
+    assert f.shape == (2, 512)
+    with pytest.raises(SyncTalkError, match="15"):
+        net.encode_face(torch.rand(2, 3, 320, 320))
+    with pytest.raises(SyncTalkError):
+        SyncNet("mel", "tiny", face_frames=4)
+
+    n = 12
+    crops = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 328, 328, 3).contiguous()
+    data = D.FrameData(crops, torch.zeros(n, 4, 80).numpy(), "mel")
+    stack = data.face_stack(torch.tensor([0, 5, 9]), 5, lo=0, hi=9)
+    assert stack.shape == (3, 15, 320, 320)
+    frame_of = (stack[:, ::3, 0, 0] * 255).round().long()  # the first channel of each stacked crop
+    assert frame_of.tolist() == [[0, 0, 0, 1, 2], [3, 4, 5, 6, 7], [7, 8, 9, 9, 9]]  # clamped to [lo, hi]
+    torch.testing.assert_close(data.face_stack(torch.tensor([4]), 1), data.faces(torch.tensor([4])))
+    # the augmentation jitters all stacked frames alike, per colour
+    aug = D.SyncNetAugment()
+    x = torch.rand(2, 15, 64, 64)
+    p = aug.sample(2, torch.Generator().manual_seed(0))
+    y = aug.faces(x, p)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y[:, 3:6], aug.faces(x[:, 3:6].contiguous(), p), atol=0.05, rtol=0)
+
+
+# ---------------------------------------------------------------- hard negatives
+
+
+def test_near_negatives_stay_in_the_pool_at_the_asked_distance() -> None:
+    pool = torch.arange(0, 200)
+    idx = torch.tensor([0, 1, 50, 100, 198, 199] * 50)
+    out = D.near_indices(idx, pool, torch.Generator().manual_seed(0), (2, 15))
+    d = (out - idx).abs()
+    assert ((d >= 2) & (d <= 15)).all() and ((out >= 0) & (out < 200)).all()
+    assert (out < idx).any() and (out > idx).any()  # both sides
+    again = D.near_indices(idx, pool, torch.Generator().manual_seed(0), (2, 15))
+    torch.testing.assert_close(out, again)
+    # a pool with a gap: a frame whose neighbours were left out gets a far negative from the pool
+    gappy = torch.cat([torch.arange(0, 10), torch.arange(60, 100)])
+    out = D.near_indices(torch.full((40,), 5), gappy, torch.Generator().manual_seed(1), (2, 3))
+    assert torch.isin(out, gappy).all() and ((out - 5).abs() >= 2).all()
+    with pytest.raises(SyncTalkError):
+        D.near_indices(idx, pool, torch.Generator(), (0, 3))
+
+
+def test_hard_negatives_replace_only_negatives() -> None:
+    g = torch.Generator().manual_seed(0)
+    pool = torch.arange(300)
+    face, audio, labels = D.syncnet_pairs(pool, pool, g)
+    same = D.add_hard_negatives(face, audio, labels, pool, g, 0.0)
+    torch.testing.assert_close(same, audio)
+    hard = D.add_hard_negatives(face, audio, labels, pool, g, 1.0)
+    pos = labels == 1
+    torch.testing.assert_close(hard[pos], face[pos])
+    d = (hard[~pos] - face[~pos]).abs()
+    assert ((d >= 2) & (d <= 15)).all()
+    half = D.add_hard_negatives(face, audio, labels, pool, g, 0.5)
+    near = ((half[~pos] - face[~pos]).abs() <= 15).float().mean()
+    assert 0.4 < float(near) < 0.8  # half re-drawn near, plus the far draws that happen to be near
+    with pytest.raises(SyncTalkError):
+        D.add_hard_negatives(face, audio, labels, pool, g, 1.5)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_augment_parameters_are_seeded_and_bounded() -> None:
+    aug = D.SyncNetAugment()
+    p = aug.sample(500, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(p, aug.sample(500, torch.Generator().manual_seed(3)))
+    assert p.shape == (500, 12) and p.dtype == torch.float32
+    assert not torch.equal(p, aug.sample(500, torch.Generator().manual_seed(4)))
+    assert ((p[:, 0] - 1).abs() <= aug.scale + 1e-6).all()
+    assert (p[:, 1:3].abs() <= 2 * aug.shift + 1e-6).all()
+    assert set(p[:, 3].tolist()) == {-1.0, 1.0}
+    assert ((p[:, 11] >= 0) & (p[:, 11] <= aug.freq_mask)).all()
+    assert set(D.SyncNetAugment(flip=False).sample(50, torch.Generator()).select(1, 3).tolist()) == {1.0}
+
+
+def test_augment_faces_keeps_shape_and_range_and_is_identity_at_neutral_parameters() -> None:
+    aug = D.SyncNetAugment()
+    x = torch.rand(4, 3, 320, 320, generator=torch.Generator().manual_seed(0))
+    p = aug.sample(4, torch.Generator().manual_seed(1))
+    y = aug.faces(x, p)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert y.min() >= 0 and y.max() <= 1
+    assert (y - x).abs().mean() > 0.01  # it changes something
+    neutral = torch.tensor([[1.0, 0, 0, 1, 0, 1, 1, 1, 1, 0, 0, 0]]).repeat(4, 1)
+    torch.testing.assert_close(aug.faces(x, neutral), x, atol=1e-4, rtol=0)
+    flipped = neutral.clone()
+    flipped[:, 3] = -1
+    torch.testing.assert_close(aug.faces(x, flipped), x.flip(3), atol=1e-4, rtol=0)
+    shifted = neutral.clone()
+    shifted[:, 1] = 2 * 10 / 320  # 10 pixels: output column c shows input column c + 10
+    torch.testing.assert_close(aug.faces(x, shifted)[..., :300], x[..., 10:310], atol=1e-4, rtol=0)
+    # channels_last input stays channels_last
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert aug.faces(cl, p).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_augment_audio_changes_log_mel_only() -> None:
+    aug = D.SyncNetAugment()
+    a = _mel(6)
+    p = aug.sample(6, torch.Generator().manual_seed(2))
+    p[:, 11] = 5  # a 5-bin masked band in every row
+    y = aug.audio(a, p, "mel")
+    assert y.shape == a.shape
+    for i in range(6):
+        diff = y[i, 0] - a[i, 0] - p[i, 9]  # a gain would move every bin; the mask replaces 5 of them
+        changed = (diff.abs() > 1e-5).any(dim=1)
+        assert int(changed.sum()) == 5
+        rows = changed.nonzero().flatten()
+        assert int(rows.max() - rows.min()) == 4  # one contiguous band
+    other = torch.randn(3, 32, 16, 16)
+    assert aug.audio(other, p[:3], "reshape") is other
+    loud = D.SyncNetAugment(audio_gain=0.5, freq_mask=0)
+    q = loud.sample(6, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(loud.audio(a, q, "mel"), a + q[:, 9, None, None, None])
+    assert (q[:, 9].abs() <= 0.5).all() and q[:, 9].abs().max() > 0.1
+
+
+# ---------------------------------------------------------------- on in training, off in validation
+
+
+class _Recorder(SyncNet):
+    def __init__(self) -> None:
+        super().__init__("mel", "tiny")
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, face: torch.Tensor, audio: torch.Tensor):  # type: ignore[override]
+        self.seen.append(face.detach().clone())
+        return super().forward(face, audio)
+
+
+def _all_exact_crops(seen: list[torch.Tensor], crops: torch.Tensor) -> bool:
+    """Whether every recorded face is exactly one of the dataset's crops."""
+    flat = crops.flatten(1)
+    return all(bool((flat == f.flatten()).all(dim=1).any()) for batch in seen for f in batch)
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_training_augments_and_validation_does_not(augment: bool) -> None:
+    from synctalk.training import RunOptions, make_scaler
+    from synctalk.training.syncnet import SyncNetTrainConfig, _syncnet_epoch, evaluate_syncnet
+
+    torch.manual_seed(0)
+    n = 24
+    crops = torch.randint(0, 256, (n, 320, 320, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    feats = torch.randn(n, 4, 80, generator=torch.Generator().manual_seed(1)).numpy()
+    data = D.FrameData(crops, feats, "mel")
+    every = data.faces(torch.arange(n))
+    model = _Recorder()
+    cfg = SyncNetTrainConfig(name="t", batch_size=4, min_pairs_per_epoch=0, augment=augment,
+                             run=RunOptions(device="cpu", progress=False))
+    assert dataclasses.asdict(SyncNetTrainConfig(name="x"))["augment"] is False  # asked for, not default
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = make_scaler(torch.device("cpu"), "none")
+    metrics = _syncnet_epoch(model, opt, scaler, data, torch.arange(20), torch.Generator().manual_seed(0), 1, cfg,
+                             torch.device("cpu"), "none")
+    assert metrics["train_loss"] == metrics["train_loss"]  # finite, not NaN
+    assert _all_exact_crops(model.seen, every) is (not augment)
+    model.seen.clear()
+    evaluate_syncnet(model, data, torch.arange(20, n), device=torch.device("cpu"), batch_size=8)
+    assert model.seen and _all_exact_crops(model.seen, every)
+
+
+def test_train_flags_reach_the_syncnet_config(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import synctalk.training.syncnet as S
+    from synctalk.cli import main
+
+    seen = []
+
+    def fake_train(cfg):
+        seen.append(cfg)
+        return S.SyncNetResult(tmp_path / "best.pth", cfg.epochs, "mel", 0, {})
+
+    monkeypatch.setattr(S, "train_syncnet", fake_train)
+    base = ["train", "--name", "p", "--dataset_dir", str(tmp_path), "--train_syncnet", "--device", "cpu"]
+    assert main(base) == 0
+    assert seen[-1].augment is False and seen[-1].hard_negatives == 0.5 and seen[-1].face_frames is None
+    assert main(base + ["--syncnet_augment", "--syncnet_hard_negatives", "0", "--syncnet_face_frames", "5",
+                        "--syncnet_audio_context", "0"]) == 0
+    assert seen[-1].augment is True and seen[-1].hard_negatives == 0.0
+    assert seen[-1].face_frames == 5 and seen[-1].audio_context == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -217,6 +218,10 @@ class Distributed:
             if device.type != "cuda":
                 raise SyncTalkError("--sync_bn needs CUDA devices; drop it for a CPU run")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # With channels_last, a depthwise weight (C, 1, k, k) and its gradient can disagree only in the
+        # stride of the size-1 dimension: the same memory order, so DDP's extra copy is of a few hundred
+        # numbers. Its once-per-process warning says nothing a user can act on.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         # every parameter takes part in each step, so the unused-parameter search stays off
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                        find_unused_parameters=False)

@@ -42,6 +42,13 @@ class BatchOutcome:
     detail: str
     frames: int = 0
     seconds: float = 0.0
+    lips: str = ""  # "ok", or "no sync" when the lips do not move with the speech (synctalk.lipcheck)
+
+
+def _lips(check: dict | None) -> str:
+    if not check:
+        return ""
+    return "ok" if check.get("ok") else "no sync"
 
 
 def items_from_dir(directory: Path) -> list[BatchItem]:
@@ -99,10 +106,12 @@ def _run_one(opts: PreprocessOptions, gpu: str | None) -> BatchOutcome:
         opts = replace(opts, device=gpu)
     try:
         if _already_done(opts):
-            return BatchOutcome(opts.name, str(opts.video_path), "skipped", "already preprocessed")
+            sec = TrainingState(dataset_layout(opts.dataset_dir, opts.name).state_file).section("preprocessing")
+            return BatchOutcome(opts.name, str(opts.video_path), "skipped", "already preprocessed",
+                                lips=_lips(sec.get("lip_activity")))
         result = preprocess_video(opts)
         return BatchOutcome(opts.name, str(opts.video_path), "done", ", ".join(result.done_now) or "nothing to do",
-                            result.frame_count, result.seconds)
+                            result.frame_count, result.seconds, lips=_lips(result.lip_activity))
     except SyncTalkError as exc:
         return BatchOutcome(opts.name, str(opts.video_path), "failed", str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad video must not stop the batch
@@ -141,13 +150,18 @@ def print_table(outcomes: list[BatchOutcome]) -> None:
     from rich.table import Table
 
     table = Table(title="batch preprocessing")
-    for col in ("name", "video", "result", "frames", "seconds", "detail"):
+    for col in ("name", "video", "result", "frames", "seconds", "lips", "detail"):
         table.add_column(col)
     style = {"done": "green", "skipped": "cyan", "failed": "red"}
     for o in outcomes:
+        lips = {"ok": "[green]ok[/]", "no sync": "[red]no sync[/]"}.get(o.lips, o.lips)
         table.add_row(o.name, o.path, f"[{style[o.status]}]{o.status}[/]", str(o.frames or ""),
-                      f"{o.seconds:.1f}" if o.seconds else "", o.detail.splitlines()[0] if o.detail else "")
+                      f"{o.seconds:.1f}" if o.seconds else "", lips, o.detail.splitlines()[0] if o.detail else "")
     Console().print(table)
+    unusable = [o.name for o in outcomes if o.lips == "no sync"]
+    if unusable:
+        Console().print(f"[red]no lip sync to learn[/] in {', '.join(unusable)}: their lips hardly move or do not "
+                        f"follow the speech (see `synctalk status NAME`)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

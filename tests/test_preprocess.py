@@ -155,6 +155,7 @@ def test_batch_from_folder_list_and_json(tmp_path):
     outcomes = run_batch(items_from_dir(vids), base, workers=1)
     by_name = {o.name: o for o in outcomes}
     assert by_name["five"].status == "done" and by_name["broken"].status == "failed"
+    assert by_name["five"].lips == "ok" and by_name["broken"].lips == ""  # clip5's lips move with its speech
     assert "not a media file" in by_name["broken"].detail
 
     lst = tmp_path / "list.txt"
@@ -163,6 +164,7 @@ def test_batch_from_folder_list_and_json(tmp_path):
     assert [i.name for i in items] == ["fiveagain", "five"]
     outcomes = run_batch(items, base, workers=1)
     assert [o.status for o in outcomes] == ["done", "skipped"]
+    assert [o.lips for o in outcomes] == ["ok", "ok"]  # read back from the state of the skipped one
 
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"videos": [{"path": "videos/five.mp4", "name": "five"},

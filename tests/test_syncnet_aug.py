@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -245,3 +246,47 @@ def test_train_flags_reach_the_syncnet_config(monkeypatch: pytest.MonkeyPatch, t
                         "--syncnet_audio_context", "0"]) == 0
     assert seen[-1].augment is True and seen[-1].hard_negatives == 0.0
     assert seen[-1].face_frames == 5 and seen[-1].audio_context == 0
+
+
+# ---------------------------------------------------------------- the held-out offset metrics
+
+
+class _Oracle(torch.nn.Module):
+    """A critic that reads the frame number off the crop and the audio window: in sync when they match
+    (`lag`: it takes audio frame j for face frame j - lag)."""
+
+    face_frames = 1
+
+    def __init__(self, lag: int = 0) -> None:
+        super().__init__()
+        self.lag = lag
+        self.scale = torch.nn.Parameter(torch.tensor(10.0))
+
+    @staticmethod
+    def _unit(index: torch.Tensor) -> torch.Tensor:
+        angle = index.float() * (2 * torch.pi / 100)  # offsets within ±15 stay below half a turn
+        return torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+
+    def forward(self, face: torch.Tensor, audio: torch.Tensor):
+        face_index = (face[:, 0, 0, 0] * 255).round()
+        audio_index = audio[:, 0, 0, 32]  # frame i's own mel steps start at 32 of the 64 (8 frames before it)
+        return self._unit(audio_index - self.lag), self._unit(face_index)
+
+    def logits(self, a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return self.scale * (a * f).sum(dim=1) - self.scale / 2
+
+
+@pytest.mark.parametrize("lag", [0, 2])
+def test_offset_metrics_of_a_critic_that_knows_the_answer(lag: int) -> None:
+    from synctalk.training.syncnet import evaluate_syncnet
+
+    n = 120
+    crops = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 328, 328, 3).contiguous()
+    feats = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], 4, axis=1).repeat(80, axis=2)  # (n, 4, 80)
+    data = D.FrameData(crops, feats, "mel")
+    held_out = np.arange(80, 100)  # every offset within ±15 of these frames exists
+    m = evaluate_syncnet(_Oracle(lag), data, held_out, device=torch.device("cpu"), batch_size=16)
+    if lag == 0:
+        assert m["offset_acc"] == 1.0 and m["offset_acc_1"] == 1.0 and m["clip_offset"] == 0
+    else:  # its best offset is +2 for every frame: wrong, not within ±1, and the clip reads +2
+        assert m["offset_acc"] == 0.0 and m["offset_acc_1"] == 0.0 and m["clip_offset"] == lag

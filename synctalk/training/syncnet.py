@@ -191,11 +191,11 @@ def evaluate_syncnet(model: Any, data: Any, val_idx: Any, *, device: Any, amp: s
         best = scores.argmax(dim=1)
         offset_acc = (best == max_offset).float().mean()
         near_acc = ((best - max_offset).abs() <= 1).float().mean()
-        # the clip as a whole: the offset whose mean score over the held-out frames is highest
-        vd = valid.to(device)
-        counts = vd.sum(dim=0)
-        mean_scores = scores.masked_fill(~vd, 0.0).sum(dim=0) / counts.clamp(min=1)
-        clip_offset = int(offsets[int(mean_scores.masked_fill(counts == 0, float("-inf")).argmax())])
+        # the clip as a whole: the offset whose mean score is highest, over the held-out frames that
+        # have every offset (so each offset is averaged over the same frames)
+        whole = valid.all(dim=1).to(device)
+        rows = scores[whole] if bool(whole.any()) else scores.clamp(min=-1e4)
+        clip_offset = int(offsets[int(rows.mean(dim=0).argmax())])
     if was_training:
         raw.train()
     m = len(face_idx)

@@ -8,7 +8,7 @@ an integer index tensor, and masking, normalisation and audio windows are done b
 device. Samples:
 
 * SyncNet: crop i with audio window i (in sync, label 1) or with window j, |i - j| >= 5 (label 0);
-  some negatives are drawn 2-15 frames away (hard), and training pairs are jittered on the device.
+  some negatives are drawn 2-15 frames away (hard), and on request training pairs are jittered.
 * UNet: target = inner crop of frame i; input = reference crop of another training frame
   concatenated with the target masked by a rectangle; audio = window i.
 """
@@ -231,7 +231,7 @@ def frame_groups(centres: "torch.Tensor", frames: int, lo: int, hi: int) -> "tor
     """
     import torch
 
-    offsets = torch.arange(frames) - frames // 2
+    offsets = torch.arange(frames, device=centres.device) - frames // 2
     return (centres[:, None] + offsets[None, :]).clamp(lo, hi)
 
 
@@ -343,10 +343,7 @@ class FrameData:
 
         if frames == 1:
             return self.faces(idx)
-        hi = len(self) - 1 if hi is None else hi
-        offsets = torch.arange(frames, device=idx.device) - frames // 2
-        j = (idx[:, None] + offsets[None, :]).clamp(lo, hi).reshape(-1)
-        x = self.faces(j)
+        x = self.faces(frame_groups(idx, frames, lo, len(self) - 1 if hi is None else hi).reshape(-1))
         x = x.reshape(len(idx), frames * 3, *x.shape[2:])
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 

@@ -20,8 +20,7 @@ def _lip_detail(check: dict | None) -> str:
     if not check:
         return ""
     corr = check.get("audio_corr")
-    text = f"lip opening varies {check.get('aperture_cv', 0):.0%}, follows the audio r={corr if corr is None else round(corr, 2)}"
-    return text + ("" if check.get("ok") else " — no sync for a SyncNet to learn")
+    return f"lip opening varies {check.get('aperture_cv', 0):.0%}, follows the audio r={corr if corr is None else round(corr, 2)}"
 
 
 def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[list[tuple[str, str, str]], str]:

@@ -46,9 +46,9 @@ class BatchOutcome:
 
 
 def _lips(check: dict | None) -> str:
-    if not check:
+    if not check or check.get("ok") is None:  # none, or a clip too short to judge
         return ""
-    return "ok" if check.get("ok") else "no sync"
+    return "ok" if check["ok"] else "no sync"
 
 
 def items_from_dir(directory: Path) -> list[BatchItem]:

@@ -14,6 +14,8 @@ Two numbers from the preprocessed dataset (landmarks and aud.wav, nothing else):
 * `audio_corr` — the best Pearson correlation of that opening with the per-frame loudness (log RMS
   of the speech) over lags of up to ±`MAX_LAG` frames (the mouth may lead or trail the sound a
   little). 0.14-0.58 on the fixture clips; -0.03 on sun.mp4.
+
+Clips shorter than MIN_FRAMES get the numbers but no verdict: a few syllables decide them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from .layout import DatasetLayout
 
 MAX_LAG = 3  # frames either way
+MIN_FRAMES = 100  # 4 s at 25 fps: on shorter clips a few syllables decide both numbers, so no verdict
 MIN_APERTURE_CV = 0.2
 MIN_AUDIO_CORR = 0.1
 SAMPLE_RATE = 16000
@@ -59,11 +62,17 @@ def lagged_corr(x: np.ndarray, y: np.ndarray, max_lag: int = MAX_LAG) -> tuple[f
 
 
 def lip_activity(apertures: np.ndarray, loudness: np.ndarray) -> dict[str, Any]:
-    """The two numbers and a verdict: ok, or why a SyncNet cannot learn sync from this video."""
+    """The two numbers and a verdict: ok (True), why a SyncNet cannot learn sync from this video
+    (False, with `problems`), or None for a clip shorter than MIN_FRAMES."""
     apertures = np.asarray(apertures, np.float64)
     mean = float(apertures.mean()) if apertures.size else 0.0
     cv = float(apertures.std() / mean) if mean > 0 else 0.0
     corr, lag = lagged_corr(apertures, np.asarray(loudness, np.float64))
+    numbers = {"aperture_cv": round(cv, 4), "audio_corr": round(corr, 4) if np.isfinite(corr) else None,
+               "audio_lag_frames": lag}
+    if len(apertures) < MIN_FRAMES:
+        return {**numbers, "ok": None, "problems": [],
+                "note": f"{len(apertures)} frames are too few to judge (at least {MIN_FRAMES})"}
     problems = []
     if cv < MIN_APERTURE_CV:
         problems.append(f"the lips hardly move (opening varies by {cv:.0%} of its mean; speech typically moves it by "
@@ -71,8 +80,7 @@ def lip_activity(apertures: np.ndarray, loudness: np.ndarray) -> dict[str, Any]:
     if not np.isfinite(corr) or corr < MIN_AUDIO_CORR:
         problems.append(f"the lip opening does not follow the loudness of the speech (best correlation "
                         f"{corr:.2f} within ±{MAX_LAG} frames; lips that follow speech typically give 0.15 or more)")
-    return {"aperture_cv": round(cv, 4), "audio_corr": round(corr, 4) if np.isfinite(corr) else None,
-            "audio_lag_frames": lag, "ok": not problems, "problems": problems}
+    return {**numbers, "ok": not problems, "problems": problems}
 
 
 def check_dataset(layout: DatasetLayout, topology_name: str, frames: int, fps: float) -> dict[str, Any]:
@@ -89,7 +97,7 @@ def check_dataset(layout: DatasetLayout, topology_name: str, frames: int, fps: f
 
 def warning_text(name: str, result: dict[str, Any], video: Path | str | None = None) -> str:
     """The user-facing warning for a failed check ('' when it passed)."""
-    if result.get("ok", True):
+    if result.get("ok") is not False:
         return ""
     what = f"{video}" if video else name
     return (f"warning: {what}: " + "; ".join(result["problems"]) + ". A SyncNet trained on it stays at chance and the "

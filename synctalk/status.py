@@ -13,7 +13,9 @@ from .state import TrainingState
 def _lip_mark(check: dict | None) -> str:
     if not check:
         return "[dim]–[/]"
-    return "[green]ok[/]" if check.get("ok") else "[red]no sync to learn[/]"
+    if check.get("ok") is None:
+        return "[dim]too short to judge[/]"
+    return "[green]ok[/]" if check["ok"] else "[red]no sync to learn[/]"
 
 
 def _lip_detail(check: dict | None) -> str:

@@ -28,6 +28,9 @@ def test_lip_activity_numbers_on_made_up_signals() -> None:
     assert not r["ok"] and "does not follow" in r["problems"][-1]
     assert lipcheck.warning_text("p", {"ok": True}) == ""
     assert "SyncNet" in lipcheck.warning_text("p", r)
+    short = lipcheck.lip_activity(still[:50], loud[:50])  # 2 s: numbers, no verdict, no warning
+    assert short["ok"] is None and short["problems"] == [] and "too few" in short["note"]
+    assert short["aperture_cv"] < 0.2 and lipcheck.warning_text("p", short) == ""
 
 
 def test_frame_loudness_follows_a_tone_burst() -> None:

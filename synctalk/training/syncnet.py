@@ -316,7 +316,7 @@ def train_syncnet(cfg: SyncNetTrainConfig) -> SyncNetResult:
         return SyncNetResult(best, start_epoch, asr, 0, dict(resume.get("metrics") or {}))
 
     lips = (state.section("preprocessing") or {}).get("lip_activity") or {}
-    if lips and not lips.get("ok", True):
+    if lips.get("ok") is False:
         from ..lipcheck import warning_text
 
         dist.log(warning_text(cfg.name, lips))

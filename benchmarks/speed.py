@@ -406,6 +406,27 @@ def _train_unet_samples(model: Any, optimizer: Any, data: Any, losses: Any, batc
     return {"samples": steps * batch, "steps": steps, "seconds": round(dt, 3), "last_loss": last[0]}
 
 
+def _profile_steps(run: Callable[[], Any], device: Any, top: int) -> list[dict]:
+    """The operators that took the most device time (CUDA kernels on a GPU, CPU time otherwise) in `run()`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run()
+    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+
+    def own(e: Any) -> float:  # self time in microseconds, on the device that did the work
+        if cuda:
+            return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+        return float(e.self_cpu_time_total)
+
+    total = sum(own(e) for e in events) or 1.0
+    rows = sorted(events, key=own, reverse=True)[:top]
+    return [{"op": e.key, "ms": round(own(e) / 1000.0, 3), "share": round(own(e) / total, 4), "calls": int(e.count)}
+            for e in rows]
+
+
 def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
     """UNet training samples/s (plain vs fast) and held-out L1 after the same number of samples."""
     import torch
@@ -465,6 +486,12 @@ def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
         rates = [float(r["samples_per_s"]) for r in runs]
         row: dict[str, Any] = {"samples_per_s": round(_median(rates), 3), "repeats": [round(x, 3) for x in rates],
                                "timed_steps": steps, **v.describe(), "train_loss": float(runs[-1].get("loss", float("nan")))}
+        if args.profile and v.name == "fast":
+            row["profile"] = _profile_steps(lambda: train_unet_steps(
+                step_model, optimizer, data, max(1, min(steps, 5)), v.batch, losses=losses, device=dev, amp=v.amp,
+                generator=torch.Generator().manual_seed(args.seed + 99), frames=ctx.train_idx), dev, args.profile)
+            notes.append("profile of the fast UNet step (operators by their own device time): "
+                         + "; ".join(f"{r['op']} {r['share']:.0%}" for r in row["profile"][:8]))
 
         # the same number of training samples from the same initial weights, then the held-out score
         if ctx.val_idx is not None and len(ctx.val_idx):
@@ -1023,6 +1050,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
                    help="precision of the fast path (auto: bf16 on a GPU, none on the CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path's networks")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="unet stage: profile a few fast-path steps and report the N operators with the most device time")
     p.add_argument("--models_dir", default=None,
                    help=f"where model weights are looked for first (default {DEFAULT_MODELS} when it exists)")
     p.add_argument("--asr", default="mel", help="audio features (default mel: needs no weights)")

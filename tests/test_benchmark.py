@@ -34,7 +34,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = work / "speed.json"
     rc = _main(["--size", "small", "--device", "cpu", "--video", str(VIDEOS / "clip5.mp4"), "--audio", str(SPEECH_WAV),
                 "--models_dir", str(MODELS), "--landmarker", "dlib", "--asr", "mel", "--workdir", str(work / "w"),
-                "--json", str(out), "--no_progress", "--quiet"])
+                "--profile", "5", "--json", str(out), "--no_progress", "--quiet"])
     assert rc == 0
     return work, json.loads(out.read_text())
 
@@ -58,6 +58,9 @@ def test_small_benchmark_reports_every_stage(small_run: tuple[Path, dict]) -> No
     assert set(unet) == {"plain", "fast"}
     assert unet["plain"]["batch"] == 2 and unet["fast"]["batch"] == 4
     assert unet["fast"]["channels_last"] and unet["fast"]["cache_on_device"]
+    profile = unet["fast"]["profile"]  # --profile 5: the operators with the most time in a few fast steps
+    assert len(profile) == 5 and all(0 < r["share"] <= 1 and r["ms"] > 0 for r in profile)
+    assert any("conv" in r["op"] for r in profile) and "profile" not in unet["plain"]
     for v in unet.values():  # the same number of training samples, then the held-out L1
         assert v["quality_samples"] == 4
         assert 0 < v["val_l1"] < 1 and 0 < v["val_l1_init"] < 1

@@ -48,15 +48,13 @@ def frame_loudness(audio: np.ndarray, frames: int, fps: float, sample_rate: int 
 
 def lagged_corr(x: np.ndarray, y: np.ndarray, max_lag: int = MAX_LAG) -> tuple[float, int]:
     """The highest Pearson correlation of x[t] with y[t - lag] over |lag| <= max_lag, and that lag."""
+    from .evaluate import pearson
+
     best, best_lag = float("nan"), 0
     n = min(len(x), len(y))
     for lag in range(-max_lag, max_lag + 1):
-        a = x[max(0, lag):n + min(0, lag)]
-        b = y[max(0, -lag):n - max(0, lag)]
-        if len(a) < 3 or a.std() == 0 or b.std() == 0:
-            continue
-        c = float(np.corrcoef(a, b)[0, 1])
-        if not np.isfinite(best) or c > best:
+        c = pearson(x[max(0, lag):n + min(0, lag)], y[max(0, -lag):n - max(0, lag)])
+        if c is not None and (not np.isfinite(best) or c > best):
             best, best_lag = c, lag
     return best, best_lag
 
@@ -83,14 +81,14 @@ def lip_activity(apertures: np.ndarray, loudness: np.ndarray) -> dict[str, Any]:
     return {**numbers, "ok": not problems, "problems": problems}
 
 
-def check_dataset(layout: DatasetLayout, topology_name: str, frames: int, fps: float) -> dict[str, Any]:
+def check_dataset(layout: DatasetLayout, frames: int, fps: float) -> dict[str, Any]:
     """lip_activity of a preprocessed person (landmarks and aud.wav must exist)."""
     from . import media
-    from .faces.topology import get_topology
+    from .faces.topology import topology_for_points
     from .preprocess import load_all_landmarks
 
     lms = load_all_landmarks(layout, frames)
-    apertures = get_topology(topology_name).mouth_aperture(lms)
+    apertures = topology_for_points(lms.shape[1]).mouth_aperture(lms)
     loudness = frame_loudness(media.load_audio(layout.audio_wav, SAMPLE_RATE), len(apertures), fps)
     return lip_activity(apertures, loudness)
 

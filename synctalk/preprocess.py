@@ -292,14 +292,14 @@ def _crop_boxes(opts: PreprocessOptions, layout: DatasetLayout, count: int, stat
     import cv2
 
     from .faces.crop import crop_boxes_from_landmarks, smooth_boxes
-    from .faces.topology import get_topology
+    from .faces.topology import topology_for_points
 
     sec = state.section("preprocessing")
     if sec.get("crop_boxes_done") and layout.crop_boxes.exists():
         result.skipped.append("crop boxes")
         return
     lms = load_all_landmarks(layout, count)
-    topology = get_topology("pfld110" if lms.shape[1] == 110 else "dlib68")
+    topology = topology_for_points(lms.shape[1])
     h, w = cv2.imread(str(layout.frame_path(0))).shape[:2]
     raw = crop_boxes_from_landmarks(lms, topology, (h, w))
     smooth = smooth_boxes(raw, frame_hw=(h, w))
@@ -361,8 +361,7 @@ def _lip_activity(opts: PreprocessOptions, layout: DatasetLayout, count: int, st
     if sec.get("lip_activity") and not fresh:
         result.lip_activity = dict(sec["lip_activity"])
         return
-    topology = sec.get("topology") or ("dlib68" if sec.get("landmarker") == "dlib" else "pfld110")
-    result.lip_activity = lipcheck.check_dataset(layout, topology, count, opts.fps)
+    result.lip_activity = lipcheck.check_dataset(layout, count, opts.fps)
     state.update("preprocessing", lip_activity=result.lip_activity)
     text = lipcheck.warning_text(opts.name, result.lip_activity, opts.video_path)
     if text:

@@ -15,7 +15,6 @@ device. Samples:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -67,7 +66,9 @@ def build_crop_cache(layout: DatasetLayout, progress: bool = True, workers: int 
             raise SyncTalkError(f"frame {layout.frame_path(i)} is missing or unreadable; rerun preprocessing")
         return crop_frame(img, boxes[i], CROP_SIZE)
 
-    workers = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
+    from .device import usable_cpus
+
+    workers = max(1, workers if workers is not None else min(8, usable_cpus()))
     with atomic_path(layout.crop_cache, suffix=".npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, CROP_SIZE, CROP_SIZE, 3))
         bar = tqdm(total=n, desc=f"crop cache {layout.name}", unit="frame", disable=not progress)

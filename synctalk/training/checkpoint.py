@@ -139,6 +139,22 @@ def clear_run(directory: str | Path) -> int:
     return n
 
 
+def restart_or_resume(run_dir: Path, kind: str, *, restart: bool, state: Any, section: str, dist: Any,
+                      what: str) -> dict[str, Any] | None:
+    """The checkpoint a run resumes from, or None for a fresh start.
+
+    With --restart, rank 0 first removes the run's checkpoints and resets its section of the state
+    file; every rank waits for that before any of them looks for a checkpoint.
+    """
+    if restart and dist.is_main:
+        n = clear_run(run_dir)
+        if n:
+            print(f"--restart: removed {n} old {what} checkpoints from {run_dir}")
+        state.reset(section)
+    dist.barrier()
+    return None if restart else find_resume(run_dir, kind)
+
+
 def module_state(model: Any) -> dict[str, Any]:
     """The state dict of a module, unwrapped from torch.compile / DistributedDataParallel."""
     return unwrap(model).state_dict()

@@ -27,8 +27,8 @@ from ..layout import DatasetLayout, checkpoint_layout, dataset_layout
 from ..state import TrainingState
 from . import (RunOptions, autocast, batches, check_finite, configure_backends, make_scaler, maybe_compile,
                print_epoch, resolve_amp, rng_state, set_up_run, synchronize)
-from .checkpoint import (best_path, check_asr, clear_run, epoch_payload, find_resume, latest_path,
-                         load_checkpoint, write_epoch)
+from .checkpoint import (best_path, check_asr, epoch_payload, latest_path, load_checkpoint,
+                         restart_or_resume, write_epoch)
 
 SECTION = "syncnet_training"
 MAX_OFFSET = 15
@@ -276,13 +276,8 @@ def train_syncnet(cfg: SyncNetTrainConfig) -> SyncNetResult:
             return SyncNetResult(Path(sec["checkpoint"]), int(sec.get("epochs", 0)), sec["asr"], 0,
                                  dict(sec.get("best_metrics") or {}))
 
-    if cfg.restart and dist.is_main:
-        n = clear_run(run_dir)
-        if n:
-            print(f"--restart: removed {n} old SyncNet checkpoints from {run_dir}")
-        state.reset(SECTION)
-    dist.barrier()  # the old run is gone before any rank looks for a checkpoint
-    resume = None if cfg.restart else find_resume(run_dir, "syncnet")
+    resume = restart_or_resume(run_dir, "syncnet", restart=cfg.restart, state=state, section=SECTION, dist=dist,
+                               what="SyncNet")
     asr = cfg.asr
     if resume is not None:
         if asr is not None and resume.get("asr") != asr:

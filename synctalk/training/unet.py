@@ -21,7 +21,7 @@ from ..layout import checkpoint_layout, dataset_layout
 from ..state import TrainingState
 from . import (RunOptions, autocast, batches, check_finite, configure_backends, make_scaler, maybe_compile,
                prepare_module, print_epoch, resolve_amp, rng_state, set_up_run, synchronize)
-from .checkpoint import (best_path, check_asr, clear_run, epoch_payload, find_resume, latest_path,
+from .checkpoint import (best_path, check_asr, epoch_payload, latest_path, restart_or_resume,
                          write_epoch)
 from .syncnet import SECTION as SYNCNET_SECTION
 
@@ -298,13 +298,8 @@ def train_unet(cfg: UNetTrainConfig) -> UNetResult:
         return UNetResult(run_dir, int(sec["epochs"]), 0, dict(sec.get("metrics") or {}),
                           best if best.is_file() else None)
 
-    if cfg.restart and dist.is_main:
-        n = clear_run(run_dir)
-        if n:
-            print(f"--restart: removed {n} old UNet checkpoints from {run_dir}")
-        state.reset(SECTION)
-    dist.barrier()  # the old run is gone before any rank looks for a checkpoint
-    resume = None if cfg.restart else find_resume(run_dir, "unet")
+    resume = restart_or_resume(run_dir, "unet", restart=cfg.restart, state=state, section=SECTION, dist=dist,
+                               what="UNet")
     if cfg.continue_training and resume is None:
         dist.log(f"note: --continue_training, but {run_dir} holds no checkpoint: starting from scratch")
     rcfg = (resume or {}).get("config") or {}

@@ -97,6 +97,6 @@ def warning_text(name: str, result: dict[str, Any], video: Path | str | None = N
     """The user-facing warning for a failed check ('' when it passed)."""
     if result.get("ok") is not False:
         return ""
-    what = f"{video}" if video else name
+    what = video if video else name
     return (f"warning: {what}: " + "; ".join(result["problems"]) + ". A SyncNet trained on it stays at chance and the "
-            f"UNet will not learn lip sync from it; record a clip where the speaker's mouth visibly articulates.")
+            "UNet will not learn lip sync from it; record a clip where the speaker's mouth visibly articulates.")

@@ -31,3 +31,34 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def models_dir(shared_dir: Path) -> Path:
     return MODELS
+
+
+# ---------------------------------------------------------------- training tests (test_training, test_distributed)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16-frame person (helpers_training), written once per test module and copied by the tests."""
+    from helpers_training import N_FRAMES, write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("src"), "src", n_frames=N_FRAMES)
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """An empty dataset/ folder (and room for checkpoint/) for one test."""
+    (tmp_path / "dataset").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch):
+    """One torch thread: tiny CPU runs gain little from a second one and lose much when the cores are
+    shared (two ranks, or other work)."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

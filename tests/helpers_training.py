@@ -59,3 +59,10 @@ def copy_dataset(src: Path, root: Path, name: str) -> Path:
     layout = dataset_layout(root, name)
     shutil.copytree(src, layout.root, ignore=shutil.ignore_patterns("crops_*.npy", "*.tmp"))
     return layout.root
+
+
+
+# the training tests' common flags: tiny networks, a 16-frame person, the CPU
+N_FRAMES = 16
+FAST = ["--width", "tiny", "--batchsize", "4", "--val_fraction", "0.125", "--no_progress", "--device", "cpu",
+        "--syncnet_pairs_per_epoch", "0"]

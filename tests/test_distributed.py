@@ -18,34 +18,11 @@ import pytest
 import torch
 
 from conftest import REPO
-from helpers_training import copy_dataset, write_dataset
+from helpers_training import FAST, copy_dataset
 from synctalk.cli import main
 from synctalk.layout import checkpoint_layout, dataset_layout
 
-N_FRAMES = 16
-FAST = ["--width", "tiny", "--batchsize", "4", "--val_fraction", "0.125", "--no_progress", "--device", "cpu",
-        "--syncnet_pairs_per_epoch", "0"]
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("src"), "src", n_frames=N_FRAMES)
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch):
-    # tiny CPU runs: a second thread gains little and the two ranks already share the cores
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    (tmp_path / "dataset").mkdir()
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def free_port() -> int:

@@ -16,9 +16,8 @@ import soundfile as sf
 
 from conftest import MODELS, REPO, VIDEOS
 from synctalk import media
-from synctalk.batch import BatchItem, items_from_json, items_from_list, run_batch
+from synctalk.batch import items_from_json, items_from_list, run_batch
 from synctalk.errors import SyncTalkError
-from synctalk.layout import dataset_layout
 from synctalk.preprocess import PreprocessOptions, load_all_landmarks, preprocess_video
 from synctalk.state import TrainingState
 

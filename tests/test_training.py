@@ -18,35 +18,12 @@ import pytest
 import torch
 
 from conftest import REPO
-from helpers_training import copy_dataset, write_dataset
+from helpers_training import FAST, N_FRAMES, copy_dataset
 from synctalk.cli import main
 from synctalk.layout import checkpoint_layout, dataset_layout
 from synctalk.state import TrainingState
 
-N_FRAMES = 16
-FAST = ["--width", "tiny", "--batchsize", "4", "--val_fraction", "0.125", "--no_progress", "--device", "cpu",
-        "--syncnet_pairs_per_epoch", "0"]
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("src"), "src", n_frames=N_FRAMES)
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch):
-    # these tiny CPU runs gain little from a second thread and lose much when the cores are shared
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    (tmp_path / "dataset").mkdir()
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def person(source: Path, work: Path, name: str) -> Path:
@@ -283,26 +260,17 @@ def test_resumed_optimizer_moments_take_the_parameters_layout() -> None:
     torch.testing.assert_close(opt_b.state[b.weight]["exp_avg"], opt_a.state[a.weight]["exp_avg"])
 
 
-def test_unet_uses_a_weak_syncnet_only_when_asked(source, work, capsys) -> None:
-    person(source, work, "gus")
-    assert train(work, "gus", "--train_syncnet", "--epochs", "1") == 0
-    TrainingState(dataset_layout(work / "dataset", "gus").state_file).update(
-        "syncnet_training", best_metrics={"offset_acc": 0.03})
+@pytest.mark.parametrize("name, offset_acc, flags", [("gus", 0.03, ["--use_syncnet"]), ("ida", 0.6, [])],
+                         ids=["weak-when-asked", "good-by-default"])
+def test_unet_uses_the_syncnet_when_it_is_good_or_asked_for(source, work, capsys, name, offset_acc, flags) -> None:
+    person(source, work, name)
+    assert train(work, name, "--train_syncnet", "--epochs", "1") == 0
+    TrainingState(dataset_layout(work / "dataset", name).state_file).update(
+        "syncnet_training", best_metrics={"offset_acc": offset_acc})
     capsys.readouterr()
-    assert train(work, "gus", "--epochs", "1", "--perceptual", "none", "--use_syncnet") == 0
+    assert train(work, name, "--epochs", "1", "--perceptual", "none", *flags) == 0
     out = capsys.readouterr().out
     assert "L1 + sync" in out and "without the sync loss" not in out
-    ckpt = torch.load(checkpoint_layout(work / "checkpoint", "gus").unet_dir / "checkpoint_latest.pth",
+    ckpt = torch.load(checkpoint_layout(work / "checkpoint", name).unet_dir / "checkpoint_latest.pth",
                       map_location="cpu", weights_only=True)
     assert "sync" in ckpt["metrics"]
-
-
-def test_unet_uses_a_good_syncnet_by_default(source, work, capsys) -> None:
-    person(source, work, "ida")
-    assert train(work, "ida", "--train_syncnet", "--epochs", "1") == 0
-    TrainingState(dataset_layout(work / "dataset", "ida").state_file).update(
-        "syncnet_training", best_metrics={"offset_acc": 0.6})
-    capsys.readouterr()
-    assert train(work, "ida", "--epochs", "1", "--perceptual", "none") == 0
-    out = capsys.readouterr().out
-    assert "L1 + sync" in out and "without the sync loss" not in out

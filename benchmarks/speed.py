@@ -427,30 +427,72 @@ def _profile_steps(run: Callable[[], Any], device: Any, top: int) -> list[dict]:
             for e in rows]
 
 
-def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
-    """UNet training samples/s (plain vs fast) and held-out L1 after the same number of samples."""
+def _timed_repeats(repeats: int, seed: int, run: Callable[[Any], dict]) -> tuple[list[dict], dict]:
+    """`run(generator=g)` `repeats` times (g seeded seed, seed + 1, …): the runs, and their median
+    samples/s with every repeat's, for a result row."""
     import torch
 
+    runs = [run(generator=torch.Generator().manual_seed(seed + r)) for r in range(repeats)]
+    rates = [float(r["samples_per_s"]) for r in runs]
+    return runs, {"samples_per_s": round(_median(rates), 3), "repeats": [round(x, 3) for x in rates]}
+
+
+def _unet_initial_weights(ctx: Context) -> tuple[dict, dict, str]:
+    """The UNet's initial weights and the frozen SyncNet's (the syncnet stage's when it ran, else random)."""
+    import torch
+
+    from unet_328 import SyncNet, build_unet
+
+    torch.manual_seed(ctx.args.seed)
+    unet_init = build_unet(ctx.asr, ctx.preset.width).state_dict()
+    if ctx.syncnet_state is not None:
+        return unet_init, ctx.syncnet_state, f"frozen SyncNet for the sync loss: {ctx.syncnet_state_note}"
+    torch.manual_seed(ctx.args.seed + 1)
+    return unet_init, SyncNet(ctx.asr, ctx.preset.width).state_dict(), (
+        "frozen SyncNet for the sync loss: randomly initialised (its weights do not change the speed; "
+        "run the syncnet stage too to use briefly trained ones)")
+
+
+def _unet_parts(ctx: Context, v: Variant, vgg_state: dict, unet_init: dict, syncnet_init: dict,
+                wrap: Callable[[Any], Any] | None = None) -> tuple[Any, Any, Any, Any]:
+    """A UNet training set-up run the variant's way: (model, step_model, optimizer, losses).
+
+    `wrap` goes around the model before torch.compile (DistributedDataParallel in the gpus stage).
+    """
     from synctalk.losses import PerceptualLoss
     from synctalk.training import maybe_compile, prepare_module
-    from synctalk.training.checkpoint import unwrap
-    from synctalk.training.unet import BASE_BATCH, UNetLosses, evaluate_unet, train_unet_steps
+    from synctalk.training.unet import UNetLosses
     from unet_328 import SyncNet, build_unet
+
+    dev = ctx.device
+    perceptual = prepare_module(PerceptualLoss(state_dict=vgg_state), dev, v.channels_last)
+    syncnet = SyncNet(ctx.asr, ctx.preset.width)
+    syncnet.load_state_dict(syncnet_init)
+    syncnet = prepare_module(syncnet.requires_grad_(False).eval(), dev, v.channels_last)
+    losses = UNetLosses(1.0, maybe_compile(perceptual, v.compile), 0.01, syncnet, 10.0)
+    model = build_unet(ctx.asr, ctx.preset.width)
+    model.load_state_dict(unet_init)
+    model = prepare_module(model, dev, v.channels_last)
+    step_model = maybe_compile(wrap(model) if wrap else model, v.compile)
+    return model, step_model, _optimizer(model, v, dev), losses
+
+
+def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
+    """UNet training samples/s (plain vs fast) and held-out L1 after the same number of samples."""
+    import functools
+
+    import torch
+
+    from synctalk.training.checkpoint import unwrap
+    from synctalk.training.unet import BASE_BATCH, evaluate_unet, train_unet_steps
+    from unet_328 import build_unet
 
     args, p, dev = ctx.args, ctx.preset, ctx.device
     notes: list[str] = []
     vgg_state, vgg_note = _vgg_state(ctx)
     notes.append(vgg_note)
-    torch.manual_seed(args.seed)
-    unet_init = build_unet(ctx.asr, p.width).state_dict()
-    if ctx.syncnet_state is not None:
-        syncnet_init = ctx.syncnet_state
-        notes.append(f"frozen SyncNet for the sync loss: {ctx.syncnet_state_note}")
-    else:
-        torch.manual_seed(args.seed + 1)
-        syncnet_init = SyncNet(ctx.asr, p.width).state_dict()
-        notes.append("frozen SyncNet for the sync loss: randomly initialised (its weights do not change the speed; "
-                     "run the syncnet stage too to use briefly trained ones)")
+    unet_init, syncnet_init, syncnet_note = _unet_initial_weights(ctx)
+    notes.append(syncnet_note)
     pool = torch.as_tensor(ctx.train_idx, dtype=torch.long)
     steps = args.steps or p.steps
     repeats = args.repeats or p.repeats
@@ -467,29 +509,16 @@ def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
         data = _frame_data(ctx, v)
         if eval_data is None:
             eval_data = data if not v.on_device else _frame_data(ctx, replace(v, on_device=False, channels_last=False))
-        perceptual = prepare_module(PerceptualLoss(state_dict=vgg_state), dev, v.channels_last)
-        syncnet = SyncNet(ctx.asr, p.width)
-        syncnet.load_state_dict(syncnet_init)
-        syncnet = prepare_module(syncnet.requires_grad_(False).eval(), dev, v.channels_last)
-        losses = UNetLosses(1.0, maybe_compile(perceptual, v.compile), 0.01, syncnet, 10.0)
-        model = build_unet(ctx.asr, p.width)
-        model.load_state_dict(unet_init)
-        model = prepare_module(model, dev, v.channels_last)
-        step_model = maybe_compile(model, v.compile)
-        optimizer = _optimizer(model, v, dev)
-
-        runs = []
-        for r in range(repeats):
-            g = torch.Generator().manual_seed(args.seed + 100 + r)
-            runs.append(train_unet_steps(step_model, optimizer, data, steps, v.batch, losses=losses, device=dev,
-                                         amp=v.amp, generator=g, frames=ctx.train_idx))
-        rates = [float(r["samples_per_s"]) for r in runs]
-        row: dict[str, Any] = {"samples_per_s": round(_median(rates), 3), "repeats": [round(x, 3) for x in rates],
-                               "timed_steps": steps, **v.describe(), "train_loss": float(runs[-1].get("loss", float("nan")))}
+        model, step_model, optimizer, losses = _unet_parts(ctx, v, vgg_state, unet_init, syncnet_init)
+        runs, row = _timed_repeats(repeats, args.seed + 100, functools.partial(
+            train_unet_steps, step_model, optimizer, data, steps, v.batch, losses=losses, device=dev, amp=v.amp,
+            frames=ctx.train_idx))
+        row.update({"timed_steps": steps, **v.describe(), "train_loss": float(runs[-1].get("loss", float("nan")))})
         if args.profile and v.name == "fast":
-            row["profile"] = _profile_steps(lambda: train_unet_steps(
-                step_model, optimizer, data, max(1, min(steps, 5)), v.batch, losses=losses, device=dev, amp=v.amp,
-                generator=torch.Generator().manual_seed(args.seed + 99), frames=ctx.train_idx), dev, args.profile)
+            row["profile"] = _profile_steps(functools.partial(
+                train_unet_steps, step_model, optimizer, data, max(1, min(steps, 5)), v.batch, losses=losses,
+                device=dev, amp=v.amp, generator=torch.Generator().manual_seed(args.seed + 99),
+                frames=ctx.train_idx), dev, args.profile)
             notes.append("profile of the fast UNet step (operators by their own device time): "
                          + "; ".join(f"{r['op']} {r['share']:.0%}" for r in row["profile"][:8]))
 
@@ -510,7 +539,7 @@ def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
                 ctx.unet_state_note = f"UNet weights after {q['samples']} training samples of the fast variant"
         row["peak_gpu_mib"] = _peak_mib(dev)
         results[v.name] = row
-        del model, step_model, optimizer, losses, perceptual, syncnet, data
+        del model, step_model, optimizer, losses, data
     if ctx.val_idx is not None and len(ctx.val_idx) and eval_data is not None:
         model = build_unet(ctx.asr, p.width)
         model.load_state_dict(unet_init)
@@ -531,6 +560,8 @@ def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
 
 def bench_syncnet(ctx: Context) -> tuple[dict, list[str]]:
     """SyncNet training samples/s, plain vs fast path."""
+    import functools
+
     import torch
 
     from synctalk.training import maybe_compile, prepare_module
@@ -556,15 +587,12 @@ def bench_syncnet(ctx: Context) -> tuple[dict, list[str]]:
         model = prepare_module(model, dev, v.channels_last)
         step_model = maybe_compile(model, v.compile)
         optimizer = _optimizer(model, v, dev)
-        runs = []
-        for r in range(repeats):
-            g = torch.Generator().manual_seed(args.seed + 200 + r)
-            runs.append(train_syncnet_steps(step_model, optimizer, data, steps, v.batch, device=dev, amp=v.amp,
-                                            generator=g, frames=ctx.train_idx))
-        rates = [float(r["samples_per_s"]) for r in runs]
+        runs, row = _timed_repeats(repeats, args.seed + 200, functools.partial(
+            train_syncnet_steps, step_model, optimizer, data, steps, v.batch, device=dev, amp=v.amp,
+            frames=ctx.train_idx))
         loss = float(runs[-1].get("loss", float("nan")))
-        results[v.name] = {"samples_per_s": round(_median(rates), 3), "repeats": [round(x, 3) for x in rates],
-                           "timed_steps": steps, **v.describe(), "train_loss": loss, "peak_gpu_mib": _peak_mib(dev)}
+        results[v.name] = {**row, "timed_steps": steps, **v.describe(), "train_loss": loss,
+                           "peak_gpu_mib": _peak_mib(dev)}
         if v.name == "fast" and math.isfinite(loss):
             # every timed step trained it: hand it to the UNet stage as its frozen critic
             trained = (steps + 1) * repeats * v.batch
@@ -829,12 +857,8 @@ def _unet_rank_worker(ctx: Context) -> int:
     Every rank times the same number of steps of its own random frames; rank 0 writes the summed
     rate (and the slowest rank's time) to --rank_out.
     """
-    import torch
-
-    from synctalk.losses import PerceptualLoss
-    from synctalk.training import Distributed, maybe_compile, prepare_module, resolve_amp, scaled_lr
-    from synctalk.training.unet import BASE_BATCH, UNetLosses, train_unet_steps
-    from unet_328 import SyncNet, build_unet
+    from synctalk.training import Distributed, scaled_lr
+    from synctalk.training.unet import BASE_BATCH, train_unet_steps
 
     args, p = ctx.args, ctx.preset
     dist = Distributed.from_env()
@@ -842,54 +866,38 @@ def _unet_rank_worker(ctx: Context) -> int:
     ctx.device = dev
     try:
         _set_backends(dev, fast=True)
-        amp = resolve_amp(args.amp, dev)
-        batch = args.batch or p.unet_batch_fast
-        channels_last = dev.type == "cuda"
-        data = _fast_data(ctx, channels_last)
+        fast = _variants(ctx, p.unet_batch_plain, args.batch or p.unet_batch_fast, BASE_BATCH)[1]
+        on_gpu = dev.type == "cuda"  # the CPU (gloo) run keeps the plain memory layout
+        v = replace(fast, channels_last=on_gpu, on_device=on_gpu,
+                    lr=scaled_lr(args.lr, fast.batch * dist.world_size, BASE_BATCH, args.lr_scaling))
+        data = _frame_data(ctx, v)
         vgg_state, _ = _vgg_state(ctx)
-        torch.manual_seed(args.seed)
-        model = prepare_module(build_unet(ctx.asr, p.width), dev, channels_last)
-        torch.manual_seed(args.seed + 1)
-        syncnet = prepare_module(SyncNet(ctx.asr, p.width).requires_grad_(False).eval(), dev, channels_last)
-        perceptual = prepare_module(PerceptualLoss(state_dict=vgg_state), dev, channels_last)
-        losses = UNetLosses(1.0, maybe_compile(perceptual, args.compile), 0.01, syncnet, 10.0)
-        step_model = maybe_compile(dist.wrap(model, dev), args.compile)
-        lr = scaled_lr(args.lr, batch * dist.world_size, BASE_BATCH, args.lr_scaling)
-        from synctalk.training import make_adam
-
-        optimizer = make_adam(model.parameters(), lr, dev)
+        unet_init, syncnet_init, _ = _unet_initial_weights(ctx)
+        _, step_model, optimizer, losses = _unet_parts(ctx, v, vgg_state, unet_init, syncnet_init,
+                                                       wrap=lambda m: dist.wrap(m, dev))
         _reset_peak(dev)
-        rates, seconds = [], []
-        for r in range(args.repeats or p.repeats):
-            g = torch.Generator().manual_seed(args.seed + 100 + r + 1000 * dist.rank)
-            out = train_unet_steps(step_model, optimizer, data, args.steps or p.steps, batch, losses=losses,
-                                   device=dev, amp=amp, generator=g, frames=ctx.train_idx)
-            m = dist.reduce_metrics({"samples_per_s": float(out["samples_per_s"]), "seconds": float(out["seconds"])})
-            rates.append(m["samples_per_s"])
-            seconds.append(m["seconds"])
+        steps = args.steps or p.steps
+
+        def timed(generator: Any) -> dict:
+            out = train_unet_steps(step_model, optimizer, data, steps, v.batch, losses=losses, device=dev, amp=v.amp,
+                                   generator=generator, frames=ctx.train_idx)
+            return dist.reduce_metrics({"samples_per_s": float(out["samples_per_s"]), "seconds": float(out["seconds"])})
+
+        runs, row = _timed_repeats(args.repeats or p.repeats, args.seed + 100 + 1000 * dist.rank, timed)
         peak = _peak_mib(dev)
         if dist.is_main:
             from synctalk.fileio import write_json_atomic
 
             write_json_atomic(Path(args.rank_out), {
-                "processes": dist.world_size, "samples_per_s": round(_median(rates), 3),
-                "repeats": [round(x, 3) for x in rates], "seconds": [round(x, 3) for x in seconds],
-                "timed_steps": args.steps or p.steps, "batch_per_process": batch,
-                "global_batch": batch * dist.world_size, "amp": amp, "channels_last": channels_last,
-                "compile": bool(args.compile), "lr": lr, "peak_gpu_mib": peak,  # rank 0's
-                "backend": ("nccl" if dev.type == "cuda" else "gloo") if dist.enabled else None})
+                "processes": dist.world_size, **row, "seconds": [round(r["seconds"], 3) for r in runs],
+                "timed_steps": steps, "batch_per_process": v.batch, "global_batch": v.batch * dist.world_size,
+                "amp": v.amp, "channels_last": v.channels_last, "compile": v.compile, "lr": v.lr,
+                "peak_gpu_mib": peak,  # rank 0's
+                "backend": ("nccl" if on_gpu else "gloo") if dist.enabled else None})
         dist.barrier()
     finally:
         dist.stop()
     return 0
-
-
-def _fast_data(ctx: Context, channels_last: bool) -> Any:
-    """The fast path's data for one process: the crop cache resident on its device."""
-    from synctalk.data import FrameData
-
-    return FrameData(ctx.crops, ctx.features, ctx.asr, device=ctx.device, on_device=ctx.device.type == "cuda",
-                     channels_last=channels_last)
 
 
 def bench_gpus(ctx: Context) -> tuple[dict, list[str]]:

@@ -382,28 +382,31 @@ def _frame_data(ctx: Context, v: Variant) -> Any:
 
 def _train_unet_samples(model: Any, optimizer: Any, data: Any, losses: Any, batch: int, steps: int, pool: Any,
                         seed: int, device: Any, amp: str) -> dict[str, float]:
-    """`steps` optimisation steps of `batch` random training frames; the loss is read back once, at the end."""
+    """`steps` optimisation steps of `batch` random training frames (sampled as train_unet_steps does);
+    the loss is read back once, at the end."""
     import torch
 
     from synctalk.data import DEFAULT_MASK, reference_indices
     from synctalk.training import make_scaler
-    from synctalk.training.unet import unet_step
+    from synctalk.training.unet import random_frames, unet_step
 
     g = torch.Generator().manual_seed(seed)
     scaler = make_scaler(device, amp)
     model.train()
     parts = None
+    seen = 0
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        idx = pool[torch.randint(len(pool), (batch,), generator=g)]
+        idx = random_frames(pool, batch, losses.group, g)
         ref = reference_indices(idx, pool, g)
         b = data.unet_batch(idx.to(device), ref.to(device), DEFAULT_MASK)
         parts = unet_step(model, optimizer, scaler, b, losses, device, amp)
+        seen += len(idx)
     _sync(device)
     dt = time.perf_counter() - t0
     last = [float(x) for x in parts.tolist()] if parts is not None else [float("nan")]
-    return {"samples": steps * batch, "steps": steps, "seconds": round(dt, 3), "last_loss": last[0]}
+    return {"samples": seen, "steps": steps, "seconds": round(dt, 3), "last_loss": last[0]}
 
 
 def _profile_steps(run: Callable[[], Any], device: Any, top: int) -> list[dict]:

@@ -121,13 +121,24 @@ def unet_step(model: Any, optimizer: Any, scaler: Any, batch: Any, losses: UNetL
     return parts
 
 
+def random_frames(pool: Any, batch_size: int, group: int, generator: Any) -> Any:
+    """A batch of random training frames from `pool` (sorted), in runs of `group` consecutive frames
+    when the SyncNet judges several at once (UNetLosses.group); about `batch_size` of them."""
+    import torch
+
+    from ..data import frame_groups
+
+    centres = pool[torch.randint(len(pool), (max(1, batch_size // group),), generator=generator)]
+    return frame_groups(centres, group, int(pool.min()), int(pool.max())).reshape(-1)
+
+
 def train_unet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch_size: int, *, losses: UNetLosses,
                      device: Any, amp: str = "none", scaler: Any = None, mask: Sequence[int] | None = None,
                      generator: Any = None, frames: Any = None) -> dict[str, float]:
     """Run `steps` training steps on random frames (for benchmarks); returns the loss and samples/s."""
     import torch
 
-    from ..data import DEFAULT_MASK, frame_groups, reference_indices
+    from ..data import DEFAULT_MASK, reference_indices
 
     g = generator or torch.Generator().manual_seed(0)
     scaler = scaler or make_scaler(device, amp)
@@ -137,11 +148,8 @@ def train_unet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch_si
     total = torch.zeros(len(LOSS_TERMS), device=device)
     t0 = None
     done = 0
-    k = losses.group
-    lo, hi = int(pool.min()), int(pool.max())
     for step in range(steps + 1):  # step 0 warms up (allocator, cudnn autotune, compile)
-        centres = pool[torch.randint(len(pool), (max(1, batch_size // k),), generator=g)]
-        idx = frame_groups(centres, k, lo, hi).reshape(-1)
+        idx = random_frames(pool, batch_size, losses.group, g)
         ref = reference_indices(idx, pool, g)
         batch = data.unet_batch(idx.to(device), ref.to(device), mask)
         parts = unet_step(model, optimizer, scaler, batch, losses, device, amp)

@@ -72,6 +72,64 @@ def test_full_width_checkpoint_layout() -> None:
     assert sd["outc.conv.weight"].shape == (3, 16, 1, 1)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("sizes", [((10, 10), (20, 20)), ((5, 4), (9, 13)), ((1, 3), (4, 7))])
+def test_upsample_matches_interpolate_and_its_gradient(sizes, channels_last: bool) -> None:
+    """The UNet's upsampling is F.interpolate(bilinear, align_corners=True), gradient included."""
+    from unet_328.model import upsample_bilinear
+
+    (h, w), size = sizes
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, h, w, generator=g, dtype=torch.float64)
+    grad = torch.randn(2, 3, *size, generator=g, dtype=torch.float64)
+    if channels_last:
+        x, grad = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad))
+    ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = upsample_bilinear(ours, size)
+    y_ref = torch.nn.functional.interpolate(ref, size=size, mode="bilinear", align_corners=True)
+    y.backward(grad)
+    y_ref.backward(grad)
+    assert torch.equal(y, y_ref)
+    assert torch.allclose(ours.grad, ref.grad, atol=1e-12)
+    assert ours.grad.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_conv_is_a_conv2d_with_its_gradients(stride: int, channels_last: bool) -> None:
+    from unet_328.model import DepthwiseConv2d
+
+    torch.manual_seed(0)
+    dw = DepthwiseConv2d(6, stride).double()
+    ref = torch.nn.Conv2d(6, 6, 3, stride, 1, groups=6, bias=False).double()
+    ref.load_state_dict(dw.state_dict())  # the same parameters under the same key
+    x = torch.randn(2, 6, 11, 12, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, y_ref = dw(ours), ref(theirs)
+    grad = torch.randn_like(y_ref)
+    y.backward(grad)
+    y_ref.backward(grad)
+    assert torch.allclose(y, y_ref, atol=1e-12)
+    assert torch.allclose(ours.grad, theirs.grad, atol=1e-12)
+    assert torch.allclose(dw.weight.grad, ref.weight.grad, atol=1e-12)
+
+
+def test_depthwise_conv_gradients_under_autocast() -> None:
+    """Under bf16 autocast the forward runs in bf16 with an fp32 weight: the backward must cast back."""
+    from unet_328.model import DepthwiseConv2d
+
+    dw = DepthwiseConv2d(4)
+    x = torch.randn(2, 4, 8, 8).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = dw(x)
+    y.float().square().sum().backward()
+    assert y.dtype == torch.bfloat16
+    assert dw.weight.grad.dtype == torch.float32 and torch.isfinite(dw.weight.grad).all()
+    assert x.grad.dtype == torch.bfloat16 and x.grad.abs().sum() > 0
+
+
 def test_unknown_width_and_wrong_audio_are_clear_errors() -> None:
     with pytest.raises(SyncTalkError, match="width"):
         build_unet("ave", "huge")

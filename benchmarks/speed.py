@@ -386,21 +386,20 @@ def _train_unet_samples(model: Any, optimizer: Any, data: Any, losses: Any, batc
     the loss is read back once, at the end."""
     import torch
 
-    from synctalk.data import DEFAULT_MASK, reference_indices
+    from synctalk.data import DEFAULT_MASK
     from synctalk.training import make_scaler
-    from synctalk.training.unet import random_frames, unet_step
+    from synctalk.training.unet import random_batches, unet_step
 
     g = torch.Generator().manual_seed(seed)
     scaler = make_scaler(device, amp)
     model.train()
     parts = None
     seen = 0
+    draws = random_batches(pool, batch, losses.group, g, steps, device)
     _sync(device)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        idx = random_frames(pool, batch, losses.group, g)
-        ref = reference_indices(idx, pool, g)
-        b = data.unet_batch(idx.to(device), ref.to(device), DEFAULT_MASK)
+    for idx, ref in draws:
+        b = data.unet_batch(idx, ref, DEFAULT_MASK)
         parts = unet_step(model, optimizer, scaler, b, losses, device, amp)
         seen += len(idx)
     _sync(device)
@@ -410,7 +409,7 @@ def _train_unet_samples(model: Any, optimizer: Any, data: Any, losses: Any, batc
 
 
 def _profile_steps(run: Callable[[], Any], device: Any, top: int) -> list[dict]:
-    """The operators that took the most device time (CUDA kernels on a GPU, CPU time otherwise) in `run()`."""
+    """What took the most time in `run()`: CUDA kernels by device time on a GPU, operators by CPU time otherwise."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -418,6 +417,10 @@ def _profile_steps(run: Callable[[], Any], device: Any, top: int) -> list[dict]:
     with profile(activities=activities) as prof:
         run()
     events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    if cuda:  # the kernels themselves: an operator's row would count its kernels' time a second time
+        from torch.autograd import DeviceType
+
+        events = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
 
     def own(e: Any) -> float:  # self time in microseconds, on the device that did the work
         if cuda:
@@ -471,7 +474,7 @@ def _unet_parts(ctx: Context, v: Variant, vgg_state: dict, unet_init: dict, sync
     perceptual = prepare_module(PerceptualLoss(state_dict=vgg_state), dev, v.channels_last)
     syncnet = SyncNet(ctx.asr, ctx.preset.width)
     syncnet.load_state_dict(syncnet_init)
-    syncnet = prepare_module(syncnet.requires_grad_(False).eval(), dev, v.channels_last)
+    syncnet = maybe_compile(prepare_module(syncnet.requires_grad_(False).eval(), dev, v.channels_last), v.compile)
     losses = UNetLosses(1.0, maybe_compile(perceptual, v.compile), 0.01, syncnet, 10.0)
     model = build_unet(ctx.asr, ctx.preset.width)
     model.load_state_dict(unet_init)
@@ -522,7 +525,7 @@ def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
                 train_unet_steps, step_model, optimizer, data, max(1, min(steps, 5)), v.batch, losses=losses,
                 device=dev, amp=v.amp, generator=torch.Generator().manual_seed(args.seed + 99),
                 frames=ctx.train_idx), dev, args.profile)
-            notes.append("profile of the fast UNet step (operators by their own device time): "
+            notes.append("profile of the fast UNet step (kernels by device time on a GPU, operators by CPU time otherwise): "
                          + "; ".join(f"{r['op']} {r['share']:.0%}" for r in row["profile"][:8]))
 
         # the same number of training samples from the same initial weights, then the held-out score
@@ -1062,7 +1065,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of the fast path (auto: bf16 on a GPU, none on the CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path's networks")
     p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="unet stage: profile a few fast-path steps and report the N operators with the most device time")
+                   help="unet stage: profile a few fast-path steps and report the N kernels with the most device time")
     p.add_argument("--models_dir", default=None,
                    help=f"where model weights are looked for first (default {DEFAULT_MODELS} when it exists)")
     p.add_argument("--asr", default="mel", help="audio features (default mel: needs no weights)")

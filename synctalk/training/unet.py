@@ -132,13 +132,28 @@ def random_frames(pool: Any, batch_size: int, group: int, generator: Any) -> Any
     return frame_groups(centres, group, int(pool.min()), int(pool.max())).reshape(-1)
 
 
+def random_batches(pool: Any, batch_size: int, group: int, generator: Any, steps: int, device: Any) -> list:
+    """`steps` (frames, reference frames) batches of random_frames, drawn on the host and moved to the
+    device in one copy, as an epoch's order is: a host-to-device copy per step would make the host
+    wait for the GPU's queued work every step."""
+    import torch
+
+    from ..data import reference_indices
+
+    idx = [random_frames(pool, batch_size, group, generator) for _ in range(steps)]
+    ref = [reference_indices(i, pool, generator) for i in idx]
+    sizes = [len(i) for i in idx]
+    both = torch.stack([torch.cat(idx), torch.cat(ref)]).to(device)
+    return list(zip(both[0].split(sizes), both[1].split(sizes)))
+
+
 def train_unet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch_size: int, *, losses: UNetLosses,
                      device: Any, amp: str = "none", scaler: Any = None, mask: Sequence[int] | None = None,
                      generator: Any = None, frames: Any = None) -> dict[str, float]:
     """Run `steps` training steps on random frames (for benchmarks); returns the loss and samples/s."""
     import torch
 
-    from ..data import DEFAULT_MASK, reference_indices
+    from ..data import DEFAULT_MASK
 
     g = generator or torch.Generator().manual_seed(0)
     scaler = scaler or make_scaler(device, amp)
@@ -148,10 +163,9 @@ def train_unet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch_si
     total = torch.zeros(len(LOSS_TERMS), device=device)
     t0 = None
     done = 0
-    for step in range(steps + 1):  # step 0 warms up (allocator, cudnn autotune, compile)
-        idx = random_frames(pool, batch_size, losses.group, g)
-        ref = reference_indices(idx, pool, g)
-        batch = data.unet_batch(idx.to(device), ref.to(device), mask)
+    draws = random_batches(pool, batch_size, losses.group, g, steps + 1, device)
+    for step, (idx, ref) in enumerate(draws):  # step 0 warms up (allocator, cudnn autotune, compile)
+        batch = data.unet_batch(idx, ref, mask)
         parts = unet_step(model, optimizer, scaler, batch, losses, device, amp)
         if step == 0:
             synchronize(device)

@@ -116,6 +116,23 @@ def test_depthwise_conv_is_a_conv2d_with_its_gradients(stride: int, channels_las
     assert torch.allclose(dw.weight.grad, ref.weight.grad, atol=1e-12)
 
 
+def test_depthwise_conv_folded_with_batchnorm_keeps_its_bias() -> None:
+    """Folding BatchNorm (the renderer does) adds a bias, which the output must include with or without grad."""
+    from synctalk.render import fuse_conv_bn
+    from unet_328.model import DepthwiseConv2d
+
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(DepthwiseConv2d(4), torch.nn.BatchNorm2d(4)).eval()
+    seq[1].running_mean.uniform_(-1, 1)
+    seq[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        expected = seq(x)
+    fused = fuse_conv_bn(seq)
+    assert fused[0].bias is not None
+    assert torch.allclose(fused(x), expected, atol=1e-5)  # grad enabled, weights requiring grad
+
+
 def test_depthwise_conv_gradients_under_autocast() -> None:
     """Under bf16 autocast the forward runs in bf16 with an fp32 weight: the backward must cast back."""
     from unet_328.model import DepthwiseConv2d

@@ -76,14 +76,15 @@ class _DepthwiseConv(torch.autograd.Function):
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """3x3 depthwise convolution (no bias); stride 1 trains through _DepthwiseConv. A plain Conv2d in
-    its parameters and state dict."""
+    """3x3 depthwise convolution; stride 1 without a bias trains through _DepthwiseConv. A plain Conv2d
+    in its parameters and state dict (BatchNorm folding for inference gives it a bias)."""
 
     def __init__(self, channels: int, stride: int = 1):
         super().__init__(channels, channels, 3, stride, 1, groups=channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == (1, 1) and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+        if (self.stride == (1, 1) and self.bias is None and torch.is_grad_enabled()
+                and (x.requires_grad or self.weight.requires_grad)):
             return _DepthwiseConv.apply(x, self.weight, self.padding[0])
         return super().forward(x)
 

@@ -110,10 +110,15 @@ def train_syncnet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch
     total = torch.zeros((), device=device)
     t0 = None
     done = 0
+    draws = [syncnet_pairs(pool[torch.randint(len(pool), (batch_size,), generator=g)], pool, g, shuffle=False)
+             for _ in range(steps + 1)]
+    # every step's pairs go to the device in one copy, as an epoch's do: a host-to-device copy per
+    # step would make the host wait for the GPU's queued work every step
+    pairs = torch.stack([torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])]).to(device)
+    all_labels = torch.cat([d[2] for d in draws]).to(device)
     for step in range(steps + 1):  # step 0 warms up (allocator, cudnn autotune, compile)
-        order = pool[torch.randint(len(pool), (batch_size,), generator=g)]
-        face_idx, audio_idx, labels = syncnet_pairs(order, pool, g, shuffle=False)
-        face_idx, audio_idx, labels = face_idx.to(device), audio_idx.to(device), labels.to(device)
+        sl = slice(step * batch_size, (step + 1) * batch_size)
+        face_idx, audio_idx, labels = pairs[0, sl], pairs[1, sl], all_labels[sl]
         faces = data.face_stack(face_idx, _raw(model).face_frames, int(pool.min()), int(pool.max()))
         loss, _ = syncnet_step(model, optimizer, scaler, faces, data.audio(audio_idx), labels, device, amp)
         if step == 0:

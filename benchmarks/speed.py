@@ -340,12 +340,13 @@ class Variant:
     fused_adam: bool
     compile: bool
     lr: float
+    graphs: bool = False  # CUDA graphs of the compiled networks (maybe_compile)
 
     def describe(self) -> dict:
         """The switches, for the JSON."""
         return {"batch": self.batch, "amp": self.amp, "channels_last": self.channels_last,
                 "cache_on_device": self.on_device, "fused_adam": self.fused_adam, "compile": self.compile,
-                "lr": self.lr}
+                "cuda_graphs": self.graphs, "lr": self.lr}
 
 
 def _variants(ctx: Context, plain_batch: int, fast_batch: int, base_batch: int) -> list[Variant]:
@@ -355,8 +356,9 @@ def _variants(ctx: Context, plain_batch: int, fast_batch: int, base_batch: int) 
     fast_amp = resolve_amp(args.amp, ctx.device)
     return [
         Variant("plain", plain_batch, "none", False, False, False, False, args.lr),
-        Variant("fast", fast_batch, fast_amp, True, True, ctx.device.type == "cuda", bool(args.compile),
-                scaled_lr(args.lr, fast_batch, base_batch, args.lr_scaling)),
+        Variant("fast", fast_batch, fast_amp, True, True, ctx.device.type == "cuda",
+                bool(args.compile or args.cuda_graphs), scaled_lr(args.lr, fast_batch, base_batch, args.lr_scaling),
+                bool(args.cuda_graphs) and ctx.device.type == "cuda"),
     ]
 
 
@@ -381,7 +383,7 @@ def _frame_data(ctx: Context, v: Variant) -> Any:
 
 
 def _train_unet_samples(model: Any, optimizer: Any, data: Any, losses: Any, batch: int, steps: int, pool: Any,
-                        seed: int, device: Any, amp: str) -> dict[str, float]:
+                        seed: int, device: Any, amp: str, graphs: bool = False) -> dict[str, float]:
     """`steps` optimisation steps of `batch` random training frames (sampled as train_unet_steps does);
     the loss is read back once, at the end."""
     import torch
@@ -400,7 +402,7 @@ def _train_unet_samples(model: Any, optimizer: Any, data: Any, losses: Any, batc
     t0 = time.perf_counter()
     for idx, ref in draws:
         b = data.unet_batch(idx, ref, DEFAULT_MASK)
-        parts = unet_step(model, optimizer, scaler, b, losses, device, amp)
+        parts = unet_step(model, optimizer, scaler, b, losses, device, amp, graphs)
         seen += len(idx)
     _sync(device)
     dt = time.perf_counter() - t0
@@ -474,12 +476,13 @@ def _unet_parts(ctx: Context, v: Variant, vgg_state: dict, unet_init: dict, sync
     perceptual = prepare_module(PerceptualLoss(state_dict=vgg_state), dev, v.channels_last)
     syncnet = SyncNet(ctx.asr, ctx.preset.width)
     syncnet.load_state_dict(syncnet_init)
-    syncnet = maybe_compile(prepare_module(syncnet.requires_grad_(False).eval(), dev, v.channels_last), v.compile)
-    losses = UNetLosses(1.0, maybe_compile(perceptual, v.compile), 0.01, syncnet, 10.0)
+    syncnet = maybe_compile(prepare_module(syncnet.requires_grad_(False).eval(), dev, v.channels_last), v.compile,
+                            v.graphs)
+    losses = UNetLosses(1.0, maybe_compile(perceptual, v.compile, v.graphs), 0.01, syncnet, 10.0)
     model = build_unet(ctx.asr, ctx.preset.width)
     model.load_state_dict(unet_init)
     model = prepare_module(model, dev, v.channels_last)
-    step_model = maybe_compile(wrap(model) if wrap else model, v.compile)
+    step_model = maybe_compile(wrap(model) if wrap else model, v.compile, v.graphs)
     return model, step_model, _optimizer(model, v, dev), losses
 
 
@@ -508,7 +511,8 @@ def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
     results: dict[str, dict] = {}
     for v in variants:
         _say(ctx, f"[unet] {v.name}: batch {v.batch}, amp {v.amp}, channels_last {v.channels_last}, "
-                  f"cache on device {v.on_device}, fused Adam {v.fused_adam}, compile {v.compile}, lr {v.lr:.3g}")
+                  f"cache on device {v.on_device}, fused Adam {v.fused_adam}, compile {v.compile}, CUDA graphs {v.graphs}, "
+                  f"lr {v.lr:.3g}")
         _free(dev)
         _set_backends(dev, fast=v.name != "plain")
         _reset_peak(dev)
@@ -518,13 +522,13 @@ def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
         model, step_model, optimizer, losses = _unet_parts(ctx, v, vgg_state, unet_init, syncnet_init)
         runs, row = _timed_repeats(repeats, args.seed + 100, functools.partial(
             train_unet_steps, step_model, optimizer, data, steps, v.batch, losses=losses, device=dev, amp=v.amp,
-            frames=ctx.train_idx))
+            frames=ctx.train_idx, graphs=v.graphs))
         row.update({"timed_steps": steps, **v.describe(), "train_loss": float(runs[-1].get("loss", float("nan")))})
         if args.profile and v.name == "fast":
             row["profile"] = _profile_steps(functools.partial(
                 train_unet_steps, step_model, optimizer, data, max(1, min(steps, 5)), v.batch, losses=losses,
                 device=dev, amp=v.amp, generator=torch.Generator().manual_seed(args.seed + 99),
-                frames=ctx.train_idx), dev, args.profile)
+                frames=ctx.train_idx, graphs=v.graphs), dev, args.profile)
             notes.append("profile of the fast UNet step (kernels by device time on a GPU, operators by CPU time otherwise): "
                          + "; ".join(f"{r['op']} {r['share']:.0%}" for r in row["profile"][:8]))
 
@@ -534,7 +538,7 @@ def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
             optimizer = _optimizer(model, v, dev)
             q_steps = max(1, int(round(quality / v.batch)))
             q = _train_unet_samples(step_model, optimizer, data, losses, v.batch, q_steps, pool, args.seed + 7, dev,
-                                    v.amp)
+                                    v.amp, v.graphs)
             m = evaluate_unet(unwrap(model), eval_data, ctx.val_idx, ctx.train_idx, device=dev, amp="none",
                               batch_size=16, seed=args.seed)
             row.update({"quality_samples": q["samples"], "quality_steps": q["steps"],
@@ -583,7 +587,7 @@ def bench_syncnet(ctx: Context) -> tuple[dict, list[str]]:
     results: dict[str, dict] = {}
     for v in _variants(ctx, p.syncnet_batch_plain, args.syncnet_batch or p.syncnet_batch_fast, BASE_BATCH):
         _say(ctx, f"[syncnet] {v.name}: batch {v.batch}, amp {v.amp}, channels_last {v.channels_last}, "
-                  f"cache on device {v.on_device}, compile {v.compile}")
+                  f"cache on device {v.on_device}, compile {v.compile}, CUDA graphs {v.graphs}")
         _free(dev)
         _set_backends(dev, fast=v.name != "plain")
         _reset_peak(dev)
@@ -591,11 +595,11 @@ def bench_syncnet(ctx: Context) -> tuple[dict, list[str]]:
         model = SyncNet(ctx.asr, p.width)
         model.load_state_dict(init)
         model = prepare_module(model, dev, v.channels_last)
-        step_model = maybe_compile(model, v.compile)
+        step_model = maybe_compile(model, v.compile, v.graphs)
         optimizer = _optimizer(model, v, dev)
         runs, row = _timed_repeats(repeats, args.seed + 200, functools.partial(
             train_syncnet_steps, step_model, optimizer, data, steps, v.batch, device=dev, amp=v.amp,
-            frames=ctx.train_idx))
+            frames=ctx.train_idx, graphs=v.graphs))
         loss = float(runs[-1].get("loss", float("nan")))
         results[v.name] = {**row, "timed_steps": steps, **v.describe(), "train_loss": loss,
                            "peak_gpu_mib": _peak_mib(dev)}
@@ -874,7 +878,7 @@ def _unet_rank_worker(ctx: Context) -> int:
         _set_backends(dev, fast=True)
         fast = _variants(ctx, p.unet_batch_plain, args.batch or p.unet_batch_fast, BASE_BATCH)[1]
         on_gpu = dev.type == "cuda"  # the CPU (gloo) run keeps the plain memory layout
-        v = replace(fast, channels_last=on_gpu, on_device=on_gpu,
+        v = replace(fast, channels_last=on_gpu, on_device=on_gpu, graphs=False,  # graphs: one process only
                     lr=scaled_lr(args.lr, fast.batch * dist.world_size, BASE_BATCH, args.lr_scaling))
         data = _frame_data(ctx, v)
         vgg_state, _ = _vgg_state(ctx)
@@ -1064,6 +1068,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
                    help="precision of the fast path (auto: bf16 on a GPU, none on the CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path's networks")
+    p.add_argument("--cuda_graphs", action="store_true",
+                   help="the fast path replays CUDA graphs of its compiled networks (implies --compile; not the gpus stage)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="unet stage: profile a few fast-path steps and report the N kernels with the most device time")
     p.add_argument("--models_dir", default=None,

@@ -274,3 +274,64 @@ def test_unet_uses_the_syncnet_when_it_is_good_or_asked_for(source, work, capsys
     ckpt = torch.load(checkpoint_layout(work / "checkpoint", name).unet_dir / "checkpoint_latest.pth",
                       map_location="cpu", weights_only=True)
     assert "sync" in ckpt["metrics"]
+
+
+# ---------------------------------------------------------------- compiled steps and CUDA graphs
+
+
+def test_compiled_epochs_keep_one_batch_shape() -> None:
+    from synctalk.training import batches
+
+    def sizes(*a, **k):
+        return [s.stop - s.start for s in batches(*a, **k)]
+
+    assert sizes(10, 4) == [4, 4, 2] and sizes(9, 4) == [4, 4]  # a single left-over frame never trains alone
+    assert sizes(10, 4, drop_last=True) == [4, 4]
+    assert sizes(3, 4, drop_last=True) == [3]  # fewer frames than a batch still train
+
+
+def test_cuda_graphs_compile_mode_and_step_marks(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from synctalk.training import RunOptions, make_scaler, maybe_compile, use_graphs
+    from synctalk.training.unet import UNetLosses, unet_step
+
+    calls: list[dict] = []
+    monkeypatch.setattr(torch, "compile", lambda m, **k: calls.append(k) or m)
+    net = torch.nn.Conv2d(3, 3, 1)
+    assert maybe_compile(net, False, graphs=True) is net and not calls
+    maybe_compile(net, True)
+    maybe_compile(net, True, graphs=True)
+    assert calls == [{}, {"mode": "reduce-overhead", "dynamic": False}]
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_graphs(RunOptions(compile=True, cuda_graphs=True), cuda)
+    assert not use_graphs(RunOptions(compile=True, cuda_graphs=True), cpu)  # graphs are CUDA's; the CPU just compiles
+    assert not use_graphs(RunOptions(compile=False, cuda_graphs=True), cuda)
+
+    marks: list[int] = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+
+    class Gen(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(6, 3, 1)
+
+        def forward(self, img6, audio):
+            return torch.sigmoid(self.conv(img6))
+
+    model = Gen()
+    before = model.conv.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    batch = SimpleNamespace(img6=torch.rand(2, 6, 8, 8), audio=torch.zeros(2, 4), target=torch.rand(2, 3, 8, 8))
+    scaler = make_scaler(cpu, "none")
+    unet_step(model, opt, scaler, batch, UNetLosses(1.0), cpu, "none")
+    assert marks == []
+    parts = unet_step(model, opt, scaler, batch, UNetLosses(1.0), cpu, "none", graphs=True)
+    assert marks == [1] and parts.shape == (4,) and not torch.equal(model.conv.weight, before)
+
+
+def test_cuda_graphs_on_several_gpus_is_a_clear_error(work, capsys) -> None:
+    assert main(["train", "--name", "nobody", "--dataset_dir", str(work / "dataset"), "--gpus", "2",
+                 "--cuda_graphs"]) == 1
+    assert "--cuda_graphs trains on one GPU" in capsys.readouterr().err

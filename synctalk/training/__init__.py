@@ -240,6 +240,7 @@ class RunOptions:
     amp: str = "auto"  # auto | bf16 | fp16 | none
     channels_last: bool = False
     compile: bool = False
+    cuda_graphs: bool = False  # with compile, on one GPU: each step replays recorded CUDA graphs
     cache_on_device: str = "auto"  # auto | yes | no: keep the uint8 crop cache on the GPU
     log_every: int = 25  # steps between reading the loss back from the device
     progress: bool = True
@@ -334,13 +335,33 @@ def configure_backends(device: Any) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def maybe_compile(model: Any, enabled: bool) -> Any:
-    """torch.compile when asked (the returned module shares parameters with `model`)."""
+def maybe_compile(model: Any, enabled: bool, graphs: bool = False) -> Any:
+    """torch.compile when asked (the returned module shares parameters with `model`).
+
+    `graphs`: record CUDA graphs of the compiled code and replay them (mode "reduce-overhead", one
+    graph per input shape, so shapes are kept static); each training step must then begin with
+    begin_step(True). It removes the host's kernel-launch time, which bounds small batches.
+    """
     if not enabled:
         return model
     import torch
 
+    if graphs:
+        return torch.compile(model, mode="reduce-overhead", dynamic=False)
     return torch.compile(model)
+
+
+def use_graphs(run: "RunOptions", device: Any) -> bool:
+    """Whether this run's compiled networks replay CUDA graphs (asked for, compiled, on a CUDA device)."""
+    return bool(run.cuda_graphs and run.compile and device.type == "cuda")
+
+
+def begin_step(graphs: bool) -> None:
+    """Start a training step: with CUDA graphs, the outputs of the previous step's replays may be reused."""
+    if graphs:
+        import torch
+
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def scaled_lr(lr: float, batch_size: int, base_batch: int, rule: str) -> float:
@@ -383,11 +404,12 @@ def restore_rng_state(state: dict[str, Any] | None, generator: Any) -> None:
                 torch.cuda.set_rng_state_all(cuda)
 
 
-def batches(n: int, batch_size: int) -> Iterator[slice]:
-    """Slices of an epoch's order; a last batch too small for BatchNorm (< 2) is dropped."""
+def batches(n: int, batch_size: int, drop_last: bool = False) -> Iterator[slice]:
+    """Slices of an epoch's order; a last batch too small for BatchNorm (< 2) is dropped, and with
+    `drop_last` any last partial batch after a full one (compiled steps then see a single shape)."""
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        if stop - start < 2 and start > 0:
+        if start > 0 and (stop - start < 2 or (drop_last and stop - start < batch_size)):
             return
         yield slice(start, stop)
 

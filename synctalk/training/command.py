@@ -24,6 +24,8 @@ from typing import Any
 
 from ..errors import SyncTalkError
 
+GRAPHS_ONE_GPU = "--cuda_graphs trains on one GPU: drop it for a run on several (--gpus, torchrun)"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `synctalk train` / scripts/train_328.py."""
@@ -80,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mixed precision (auto: bf16 on a GPU, none on the CPU)")
     g.add_argument("--channels_last", action="store_true", help="NHWC memory format (faster convolutions on GPUs)")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    g.add_argument("--cuda_graphs", action="store_true",
+                   help="with --compile (implied), on one GPU: replay each training step as recorded CUDA graphs "
+                        "(removes the host's launch time, which bounds batches of 32 and less)")
     g.add_argument("--cache_on_device", default="auto", choices=("auto", "yes", "no"),
                    help="keep the uint8 crop cache on the GPU (auto: when it fits)")
     g.add_argument("--num_workers", type=int, default=4, help="threads that build the crop cache")
@@ -201,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
     gpus = getattr(args, "gpus", 1) or 1
     if gpus < 1:
         raise SyncTalkError(f"--gpus must be at least 1, got {gpus}")
+    if args.cuda_graphs and gpus > 1:
+        raise SyncTalkError(GRAPHS_ONE_GPU)
     if gpus > 1 and not inside_torchrun():
         return launch_torchrun(args, gpus)
     dist = Distributed.from_env()
@@ -226,7 +233,10 @@ def _train(args: argparse.Namespace, base: Path, name: str, dist: Any) -> int:
         dist.log(f"note: --gpus {gpus}, but torchrun started {local} processes on this node; using those")
     if dist.enabled:
         dist.start(args.device)  # one process group for the whole command (the loops reuse it)
-    run_opts = RunOptions(device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+    if args.cuda_graphs and dist.enabled:
+        raise SyncTalkError(GRAPHS_ONE_GPU)
+    run_opts = RunOptions(device=args.device, amp=args.amp, channels_last=args.channels_last,
+                          compile=args.compile or args.cuda_graphs, cuda_graphs=args.cuda_graphs,
                           cache_on_device=args.cache_on_device, log_every=args.log_every,
                           progress=not args.no_progress, seed=args.seed, workers=args.num_workers,
                           sync_bn=getattr(args, "sync_bn", False), dist=dist)

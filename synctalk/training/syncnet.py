@@ -25,8 +25,8 @@ import numpy as np
 from ..errors import SyncTalkError
 from ..layout import DatasetLayout, checkpoint_layout, dataset_layout
 from ..state import TrainingState
-from . import (RunOptions, autocast, batches, check_finite, configure_backends, make_scaler, maybe_compile,
-               print_epoch, resolve_amp, rng_state, set_up_run, synchronize)
+from . import (RunOptions, autocast, batches, begin_step, check_finite, configure_backends, make_scaler,
+               maybe_compile, print_epoch, resolve_amp, rng_state, set_up_run, synchronize, use_graphs)
 from .checkpoint import (best_path, check_asr, epoch_payload, latest_path, load_checkpoint,
                          restart_or_resume, write_epoch)
 
@@ -79,10 +79,12 @@ class SyncNetResult:
 
 
 def syncnet_step(model: Any, optimizer: Any, scaler: Any, faces: Any, audio: Any, labels: Any,
-                 device: Any, amp: str) -> tuple[Any, Any]:
-    """One optimisation step; returns (loss, correct count) as device tensors (no host sync)."""
+                 device: Any, amp: str, graphs: bool = False) -> tuple[Any, Any]:
+    """One optimisation step; returns (loss, correct count) as device tensors (no host sync).
+    `graphs`: the network was compiled with CUDA graphs (maybe_compile)."""
     import torch.nn.functional as F
 
+    begin_step(graphs)
     with autocast(device, amp):
         audio_emb, face_emb = model(faces, audio)
     logits = _raw(model).logits(audio_emb, face_emb).float()
@@ -97,7 +99,7 @@ def syncnet_step(model: Any, optimizer: Any, scaler: Any, faces: Any, audio: Any
 
 def train_syncnet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch_size: int, *,
                         device: Any, amp: str = "none", scaler: Any = None, generator: Any = None,
-                        frames: Any = None) -> dict[str, float]:
+                        frames: Any = None, graphs: bool = False) -> dict[str, float]:
     """Run `steps` training steps on random balanced pairs (for benchmarks); returns loss and samples/s."""
     import torch
 
@@ -120,7 +122,7 @@ def train_syncnet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch
         sl = slice(step * batch_size, (step + 1) * batch_size)
         face_idx, audio_idx, labels = pairs[0, sl], pairs[1, sl], all_labels[sl]
         faces = data.face_stack(face_idx, _raw(model).face_frames, int(pool.min()), int(pool.max()))
-        loss, _ = syncnet_step(model, optimizer, scaler, faces, data.audio(audio_idx), labels, device, amp)
+        loss, _ = syncnet_step(model, optimizer, scaler, faces, data.audio(audio_idx), labels, device, amp, graphs)
         if step == 0:
             synchronize(device)
             t0 = time.perf_counter()
@@ -333,7 +335,8 @@ def train_syncnet(cfg: SyncNetTrainConfig) -> SyncNetResult:
         best_key = _best_key(best_metrics) if best_metrics else None
         dist.log(f"resuming SyncNet of {cfg.name} from epoch {start_epoch} ({resume['_path']})")
     # DDP first, then compile (the documented order); `model` stays the plain module for checkpoints
-    step_model = maybe_compile(dist.wrap(model, device, run.sync_bn), run.compile)
+    graphs = use_graphs(run, device)
+    step_model = maybe_compile(dist.wrap(model, device, run.sync_bn), run.compile, graphs)
     config = {**model.config, "batch_size": cfg.batch_size, "lr": cfg.lr, "epochs": cfg.epochs,
               "val_fraction": cfg.val_fraction, "amp": amp, "seed": run.seed, "frames": len(data),
               "max_offset": MAX_OFFSET, "world_size": dist.world_size,
@@ -351,7 +354,7 @@ def train_syncnet(cfg: SyncNetTrainConfig) -> SyncNetResult:
     pool = torch.as_tensor(train_idx)
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        metrics = _syncnet_epoch(step_model, optimizer, scaler, data, pool, gen, epoch, cfg, device, amp)
+        metrics = _syncnet_epoch(step_model, optimizer, scaler, data, pool, gen, epoch, cfg, device, amp, graphs)
         metrics = dist.reduce_metrics(metrics)  # the epoch over all ranks' shards
         if dist.is_main:  # validation on rank 0; every rank then takes its numbers for the "best" decision
             metrics.update(evaluate_syncnet(model, data, val_idx, device=device, amp=amp,
@@ -385,7 +388,7 @@ def _best_key(m: dict[str, float]) -> tuple[float, float]:
 
 
 def _syncnet_epoch(model: Any, optimizer: Any, scaler: Any, data: Any, pool: Any, gen: Any, epoch: int,
-                   cfg: SyncNetTrainConfig, device: Any, amp: str) -> dict[str, float]:
+                   cfg: SyncNetTrainConfig, device: Any, amp: str, graphs: bool = False) -> dict[str, float]:
     import torch
     from tqdm import tqdm
 
@@ -409,13 +412,14 @@ def _syncnet_epoch(model: Any, optimizer: Any, scaler: Any, data: Any, pool: Any
     t0 = time.perf_counter()
     bar = tqdm(total=n, desc=f"SyncNet {epoch}/{cfg.epochs}", unit="img", leave=False,
                disable=not (run.progress and run.dist.is_main))
-    for k, sl in enumerate(batches(n, cfg.batch_size)):
+    # compiled steps keep one batch shape: a partial last batch would compile (and record) again
+    for k, sl in enumerate(batches(n, cfg.batch_size, drop_last=run.compile)):
         b = sl.stop - sl.start
         faces = data.face_stack(face_idx[sl], frames, lo, hi)
         audio = data.audio(audio_idx[sl])
         if aug is not None:
             faces, audio = aug.faces(faces, jitter[sl]), aug.audio(audio, jitter[sl], data.spec.layout)
-        loss, correct = syncnet_step(model, optimizer, scaler, faces, audio, labels[sl], device, amp)
+        loss, correct = syncnet_step(model, optimizer, scaler, faces, audio, labels[sl], device, amp, graphs)
         step = torch.stack([loss * b, correct])
         sums += step
         window += step

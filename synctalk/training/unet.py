@@ -19,8 +19,9 @@ import numpy as np
 from ..errors import SyncTalkError
 from ..layout import checkpoint_layout, dataset_layout
 from ..state import TrainingState
-from . import (RunOptions, autocast, batches, check_finite, configure_backends, make_scaler, maybe_compile,
-               prepare_module, print_epoch, resolve_amp, rng_state, set_up_run, synchronize)
+from . import (RunOptions, autocast, batches, begin_step, check_finite, configure_backends, make_scaler,
+               maybe_compile, prepare_module, print_epoch, resolve_amp, rng_state, set_up_run, synchronize,
+               use_graphs)
 from .checkpoint import (best_path, check_asr, epoch_payload, latest_path, restart_or_resume,
                          write_epoch)
 from .syncnet import SECTION as SYNCNET_SECTION
@@ -109,8 +110,11 @@ class UNetLosses:
 # ---------------------------------------------------------------- steps
 
 
-def unet_step(model: Any, optimizer: Any, scaler: Any, batch: Any, losses: UNetLosses, device: Any, amp: str) -> Any:
-    """One optimisation step; returns the detached loss terms (a device tensor, no host sync)."""
+def unet_step(model: Any, optimizer: Any, scaler: Any, batch: Any, losses: UNetLosses, device: Any, amp: str,
+              graphs: bool = False) -> Any:
+    """One optimisation step; returns the detached loss terms (a device tensor, no host sync).
+    `graphs`: the networks were compiled with CUDA graphs (maybe_compile)."""
+    begin_step(graphs)
     with autocast(device, amp):
         pred = model(batch.img6, batch.audio)
         total, parts = losses(pred, batch.target, batch.audio)
@@ -149,7 +153,7 @@ def random_batches(pool: Any, batch_size: int, group: int, generator: Any, steps
 
 def train_unet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch_size: int, *, losses: UNetLosses,
                      device: Any, amp: str = "none", scaler: Any = None, mask: Sequence[int] | None = None,
-                     generator: Any = None, frames: Any = None) -> dict[str, float]:
+                     generator: Any = None, frames: Any = None, graphs: bool = False) -> dict[str, float]:
     """Run `steps` training steps on random frames (for benchmarks); returns the loss and samples/s."""
     import torch
 
@@ -166,7 +170,7 @@ def train_unet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch_si
     draws = random_batches(pool, batch_size, losses.group, g, steps + 1, device)
     for step, (idx, ref) in enumerate(draws):  # step 0 warms up (allocator, cudnn autotune, compile)
         batch = data.unet_batch(idx, ref, mask)
-        parts = unet_step(model, optimizer, scaler, batch, losses, device, amp)
+        parts = unet_step(model, optimizer, scaler, batch, losses, device, amp, graphs)
         if step == 0:
             synchronize(device)
             t0 = time.perf_counter()
@@ -352,18 +356,20 @@ def train_unet(cfg: UNetTrainConfig) -> UNetResult:
 
     # everything that can fail on a missing file fails here, before the crop cache or any training
     amp = resolve_amp(run.amp, device)
+    graphs = use_graphs(run, device)
     configure_backends(device)
     syncnet_path = _choose_syncnet(cfg, state, asr)
     syncnet = None
     if syncnet_path is not None:
         syncnet, _ = load_syncnet(syncnet_path, device, asr)
         syncnet = maybe_compile(prepare_module(syncnet.requires_grad_(False).eval(), device, run.channels_last),
-                                run.compile)
+                                run.compile, graphs)
     with dist.main_first():  # rank 0 fetches missing VGG19 weights; the others then read them
         perceptual = load_perceptual_loss(cfg.perceptual, cfg.models_dir)
     if perceptual is not None:
         perceptual = prepare_module(perceptual, device, run.channels_last)
-    losses = UNetLosses(cfg.l1_weight, maybe_compile(perceptual, run.compile) if perceptual is not None else None,
+    losses = UNetLosses(cfg.l1_weight,
+                        maybe_compile(perceptual, run.compile, graphs) if perceptual is not None else None,
                         cfg.perceptual_weight, syncnet, cfg.sync_weight)
 
     setup = set_up_run(layout, asr, build_unet(asr, width), lr=cfg.lr, val_fraction=cfg.val_fraction,
@@ -377,7 +383,7 @@ def train_unet(cfg: UNetTrainConfig) -> UNetResult:
         best_value = float(best_metrics.get("_value", float("inf")))
         dist.log(f"resuming UNet of {cfg.name} from epoch {start_epoch} ({resume['_path']})")
     # DDP first, then compile (the documented order); `model` stays the plain module for checkpoints
-    step_model = maybe_compile(dist.wrap(model, device, run.sync_bn), run.compile)
+    step_model = maybe_compile(dist.wrap(model, device, run.sync_bn), run.compile, graphs)
 
     config = {"asr": asr, "width": width, "mask": list(mask), "batch_size": cfg.batch_size, "lr": cfg.lr,
               "epochs": cfg.epochs, "val_fraction": cfg.val_fraction, "perceptual": cfg.perceptual,
@@ -401,7 +407,8 @@ def train_unet(cfg: UNetTrainConfig) -> UNetResult:
     preview_ref = int(train_idx[0]) if int(train_idx[0]) != preview_frame else int(train_idx[-1])
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        metrics = _unet_epoch(step_model, optimizer, scaler, data, pool, gen, epoch, cfg, losses, mask, device, amp)
+        metrics = _unet_epoch(step_model, optimizer, scaler, data, pool, gen, epoch, cfg, losses, mask, device, amp,
+                              graphs)
         metrics = dist.reduce_metrics(metrics)  # the epoch over all ranks' shards
         if dist.is_main:  # validation on rank 0; every rank then takes its numbers for the "best" decision
             metrics.update(evaluate_unet(model, data, val_idx, train_idx, device=device, amp=amp, mask=mask,
@@ -431,7 +438,8 @@ def train_unet(cfg: UNetTrainConfig) -> UNetResult:
 
 
 def _unet_epoch(model: Any, optimizer: Any, scaler: Any, data: Any, pool: Any, gen: Any, epoch: int,
-                cfg: UNetTrainConfig, losses: UNetLosses, mask: Sequence[int], device: Any, amp: str) -> dict[str, float]:
+                cfg: UNetTrainConfig, losses: UNetLosses, mask: Sequence[int], device: Any, amp: str,
+                graphs: bool = False) -> dict[str, float]:
     import torch
     from tqdm import tqdm
 
@@ -454,10 +462,11 @@ def _unet_epoch(model: Any, optimizer: Any, scaler: Any, data: Any, pool: Any, g
     t0 = time.perf_counter()
     bar = tqdm(total=n, desc=f"UNet {epoch}/{cfg.epochs}", unit="img", leave=False,
                disable=not (run.progress and run.dist.is_main))
-    for step, sl in enumerate(batches(n, batch_size)):
+    # compiled steps keep one batch shape: a partial last batch would compile (and record) again
+    for step, sl in enumerate(batches(n, batch_size, drop_last=run.compile)):
         b = sl.stop - sl.start
         batch = data.unet_batch(order[sl], refs[sl], mask)
-        parts = unet_step(model, optimizer, scaler, batch, losses, device, amp)
+        parts = unet_step(model, optimizer, scaler, batch, losses, device, amp, graphs)
         sums += parts * b
         window += parts * b
         seen += b

@@ -5,8 +5,8 @@ Stages (pick with --only):
 * unet      UNet-328 training samples/s with the training losses (L1 + VGG19 conv3_3 perceptual +
             sync loss from a frozen SyncNet): the plain fp32 loop (batch 8, crops read from the
             memory-mapped cache) against the fast path (uint8 crop cache resident on the device,
-            masking on the device, bf16 autocast, channels_last, fused Adam, optional torch.compile,
-            a large batch with a scaled learning rate, the loss read back only at the end). Both
+            masking on the device, bf16 autocast, channels_last, fused Adam, optional torch.compile
+            (--compile) and CUDA graphs (--cuda_graphs, one process), a large batch with a scaled learning rate, the loss read back only at the end). Both
             then train from the same initial weights for the same number of samples and are scored
             on the held-out tail (L1), so speed is not bought with quality.
 * syncnet   SyncNet training samples/s, plain and fast path.
@@ -27,6 +27,7 @@ file is found, the frozen SyncNet, PFLD when its checkpoint is missing); the JSO
 
     python -m benchmarks.speed --size full --json results/speed.json
     python -m benchmarks.speed --size small --device cpu          # the quick CPU check
+    python -m benchmarks.speed --size full --dataset dataset/sun --only syncnet,unet --cuda_graphs --batch 32
     python -m benchmarks.speed --size full --dataset dataset/sun --only gpus --gpus 2 --compile
 """
 

@@ -6,9 +6,10 @@ Stages (pick with --only):
             sync loss from a frozen SyncNet): the plain fp32 loop (batch 8, crops read from the
             memory-mapped cache) against the fast path (uint8 crop cache resident on the device,
             masking on the device, bf16 autocast, channels_last, fused Adam, optional torch.compile
-            (--compile) and CUDA graphs (--cuda_graphs, one process), a large batch with a scaled learning rate, the loss read back only at the end). Both
-            then train from the same initial weights for the same number of samples and are scored
-            on the held-out tail (L1), so speed is not bought with quality.
+            (--compile) and CUDA graphs (--cuda_graphs, one process), a large batch with a scaled
+            learning rate, the loss read back only at the end). Both then train from the same
+            initial weights for the same number of samples and are scored on the held-out tail
+            (L1), so speed is not bought with quality.
 * syncnet   SyncNet training samples/s, plain and fast path.
 * render    end-to-end render fps: an audio file in, a finished H.264 + AAC MP4 out (audio features,
             network, paste-back and encoding included), through synctalk.render.render.
@@ -512,8 +513,8 @@ def bench_unet(ctx: Context) -> tuple[dict, list[str]]:
     results: dict[str, dict] = {}
     for v in variants:
         _say(ctx, f"[unet] {v.name}: batch {v.batch}, amp {v.amp}, channels_last {v.channels_last}, "
-                  f"cache on device {v.on_device}, fused Adam {v.fused_adam}, compile {v.compile}, CUDA graphs {v.graphs}, "
-                  f"lr {v.lr:.3g}")
+                  f"cache on device {v.on_device}, fused Adam {v.fused_adam}, compile {v.compile}, "
+                  f"CUDA graphs {v.graphs}, lr {v.lr:.3g}")
         _free(dev)
         _set_backends(dev, fast=v.name != "plain")
         _reset_peak(dev)
@@ -1070,7 +1071,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of the fast path (auto: bf16 on a GPU, none on the CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path's networks")
     p.add_argument("--cuda_graphs", action="store_true",
-                   help="the fast path replays CUDA graphs of its compiled networks (implies --compile; not the gpus stage)")
+                   help="the fast path replays CUDA graphs of its compiled networks "
+                        "(implies --compile; not in the gpus stage)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="unet stage: profile a few fast-path steps and report the N kernels with the most device time")
     p.add_argument("--models_dir", default=None,

@@ -357,7 +357,7 @@ def use_graphs(run: "RunOptions", device: Any) -> bool:
 
 
 def begin_step(graphs: bool) -> None:
-    """Start a training step: with CUDA graphs, the outputs of the previous step's replays may be reused."""
+    """Start a training step: with CUDA graphs, the memory of the previous step's graph outputs may be reused."""
     if graphs:
         import torch
 

@@ -946,7 +946,7 @@ def bench_gpus(ctx: Context) -> tuple[dict, list[str]]:
                             ("--models_dir", args.models_dir), ("--threads", args.threads)):
             if value is not None:
                 cmd += [flag, str(value)]
-        if args.compile:
+        if args.compile or args.cuda_graphs:  # --cuda_graphs implies --compile; the graphs stay in one process
             cmd.append("--compile")
         _say(ctx, f"[gpus] {k} process(es): {' '.join(cmd[2:6])} …")
         proc = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True)

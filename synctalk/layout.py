@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .constants import CROP_SIZE  # noqa: F401  (re-exported for the layout's users)
 from .errors import SyncTalkError
 
 FRAME_EXT = "jpg"
-CROP_SIZE = 328  # crop cache resolution; networks see the inner 320 (see unet_328)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 

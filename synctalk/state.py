@@ -14,7 +14,11 @@ from typing import Any
 from .errors import SyncTalkError
 from .fileio import write_json_atomic
 
-SECTIONS = ("preprocessing", "syncnet_training", "main_training")
+# the section names, one home: use these constants, not the strings
+PREPROCESSING = "preprocessing"
+SYNCNET = "syncnet_training"
+MAIN = "main_training"
+SECTIONS = (PREPROCESSING, SYNCNET, MAIN)
 VERSION = 1
 
 

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..constants import FPS, SAMPLE_RATE  # noqa: F401  (re-exported)
 from ..errors import SyncTalkError
 
-FPS = 25
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "batch-preprocess": ("synctalk.batch", "preprocess many videos (folder, list file or JSON config)"),
     "status": ("synctalk.status", "show what is done for a person and what comes next"),
     "models": ("synctalk.weights", "list or download model weights"),
-    "train": ("synctalk.training.command", "train the SyncNet (--train_syncnet) or the UNet-328"),
+    "train-syncnet": ("synctalk.training.commands.syncnet", "train the person's SyncNet (audio–mouth critic)"),
+    "train-unet": ("synctalk.training.commands.unet", "train the person's UNet-328 (redraws the mouth from audio)"),
+    "train": ("synctalk.training.commands.legacy",
+              "the seed's flags: --train_syncnet → train-syncnet, otherwise train-unet"),
     "infer": ("synctalk.render", "render new speech into a lip-synced video of the person"),
     "eval": ("synctalk.evaluate", "render the held-out tail and score it against the real frames"),
 }

@@ -257,7 +257,7 @@ class FrameData:
     """
 
     def __init__(self, crops: Any, features: Any, asr: str, device: Any = "cpu",
-                 on_device: "bool | str" = "auto", channels_last: bool = False):
+                 on_device: "bool | str" = "auto", channels_last: bool = False, av_offset: int = 0):
         import torch
 
         from .audio.registry import get_spec
@@ -266,6 +266,8 @@ class FrameData:
         self.asr = asr
         self.device = torch.device(device)
         self.channels_last = channels_last
+        # the video's audio/lip offset in frames (lips N frames after the sound): frame i hears window i - N
+        self.av_offset = int(av_offset)
         n_crops = int(crops.shape[0])
         n_feats = int(features.shape[0])
         self.n = min(n_crops, n_feats)
@@ -349,8 +351,15 @@ class FrameData:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def audio(self, idx: "torch.Tensor") -> "torch.Tensor":
-        """(B, *tensor_shape) audio windows of frames `idx`, zero-padded at the ends."""
-        return self.spec.batch_windows(self.features, idx.to(self.features.device))
+        """(B, *tensor_shape) audio windows of frames `idx`, zero-padded at the ends.
+
+        With an A/V offset N the window of frame i is the one centred on frame i - N (clamped to
+        the video), so the lips of frame i learn from the sound that made them.
+        """
+        idx = idx.to(self.features.device)
+        if self.av_offset:
+            idx = (idx - self.av_offset).clamp(0, self.n - 1)
+        return self.spec.batch_windows(self.features, idx)
 
     def keep_mask(self, mask: Sequence[int], dtype: Any = None) -> "torch.Tensor":
         """(1, 1, 320, 320) multiplier: 0 inside the mask rectangle, 1 elsewhere."""
@@ -392,7 +401,7 @@ def _fits_on_device(nbytes: int, device: Any) -> bool:
 
 
 def load_frame_data(layout: DatasetLayout, asr: str, device: Any = "cpu", on_device: "bool | str" = "auto",
-                    channels_last: bool = False, progress: bool = True) -> FrameData:
+                    channels_last: bool = False, progress: bool = True, av_offset: int = 0) -> FrameData:
     """FrameData of a preprocessed dataset (building the crop cache when needed)."""
     feats = load_features(layout, asr)
     crops = load_crop_cache(layout, progress=progress)
@@ -400,7 +409,8 @@ def load_frame_data(layout: DatasetLayout, asr: str, device: Any = "cpu", on_dev
         raise SyncTalkError(
             f"{layout.name}: {len(crops)} crops but {len(feats)} {asr!r} feature rows; rerun preprocessing"
         )
-    return FrameData(crops, feats, asr, device=device, on_device=on_device, channels_last=channels_last)
+    return FrameData(crops, feats, asr, device=device, on_device=on_device, channels_last=channels_last,
+                     av_offset=av_offset)
 
 
 # ---------------------------------------------------------------- SyncNet: hard negatives and augmentation

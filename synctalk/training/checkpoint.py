@@ -38,7 +38,7 @@ def write_epoch(run_dir: Path, payload: dict[str, Any], *, final_epoch: int, sav
         save_checkpoint(best_path(run_dir), payload)
     save_checkpoint(latest_path(run_dir), payload)
     prune_epoch_files(run_dir, keep)
-    return [str(p) for _e, p in epoch_files(run_dir)]
+    return [str(p.resolve()) for _e, p in epoch_files(run_dir)]
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:

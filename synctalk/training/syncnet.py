@@ -9,81 +9,49 @@ Validation runs on the held-out tail: loss, accuracy, and offset accuracy — th
 held-out frames whose own window (offset 0) scores highest among offsets -15…+15 — with two looser
 readings of the same scores: `offset_acc_1` (the best offset within ±1 frame) and `clip_offset` (the
 offset with the highest mean score over the whole tail, 0 when the critic finds the clip in sync).
-checkpoint_best.pth is the epoch with the best offset accuracy.
+checkpoint_best.pth is the epoch with the best offset accuracy. `SyncNetTask` is what the training loop
+(synctalk.training.loop) runs; `synctalk train-syncnet` starts it.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from unet_328 import SyncNet
+
+from ..data import (FrameData, SyncNetAugment, add_hard_negatives, far_indices, load_frame_data, split_indices,
+                    syncnet_pairs)
 from ..errors import SyncTalkError
-from ..layout import DatasetLayout, checkpoint_layout, dataset_layout
-from ..state import TrainingState
-from . import (RunOptions, autocast, batches, begin_step, check_finite, configure_backends, make_scaler,
-               maybe_compile, print_epoch, resolve_amp, rng_state, set_up_run, synchronize, use_graphs)
-from .checkpoint import (best_path, check_asr, epoch_payload, latest_path, load_checkpoint,
-                         restart_or_resume, write_epoch)
+from ..layout import DatasetLayout
+from ..state import PREPROCESSING, SYNCNET, TrainingState
+from .checkpoint import check_asr, load_checkpoint, unwrap
+from .config import SyncNetConfig
+from .loop import Speed, Task, TrainResult
+from .runtime import Distributed, autocast, batches, begin_step
 
-SECTION = "syncnet_training"
+SECTION = SYNCNET
 MAX_OFFSET = 15
 BASE_BATCH = 16  # the batch size the default learning rate is meant for
-
-
-@dataclass
-class SyncNetTrainConfig:
-    """What one SyncNet run learns from and how long."""
-
-    name: str
-    dataset_dir: Path = Path("dataset")
-    checkpoint_dir: Path = Path("checkpoint")
-    asr: str | None = None  # None: the dataset's (or the resumed checkpoint's)
-    width: str | None = None  # None: "full" (or the resumed checkpoint's)
-    epochs: int = 100
-    batch_size: int = 16
-    lr: float = 1e-3
-    val_fraction: float = 0.1
-    keep_checkpoints: int = 3
-    save_interval: int = 1
-    restart: bool = False
-    # a person's video is short: an epoch draws at least this many pairs (frames repeat, each time
-    # with a fresh negative) so the critic gets enough steps per epoch to leave the 0.69 plateau
-    min_pairs_per_epoch: int = 8192
-    # against memorising a short video (synctalk.data, "SyncNet: hard negatives and augmentation"):
-    # batched jitter of the training pairs, and the share of negatives drawn 2-15 frames away
-    augment: bool = False
-    hard_negatives: float = 0.5
-    # what the critic sees (None: a resumed run's value, else the network's default)
-    face_frames: int | None = None  # consecutive crops on the face side
-    audio_context: int | None = None  # log-mel steps around the frame (0: the whole window)
-    run: RunOptions = field(default_factory=RunOptions)
-
-
-@dataclass
-class SyncNetResult:
-    """What a call to train_syncnet left behind."""
-
-    checkpoint: Path  # the checkpoint the UNet should use (best)
-    epochs: int
-    asr: str
-    trained_epochs: int  # epochs run by this call (0: it was done already)
-    metrics: dict[str, float]
+# a person's video is short: an epoch draws at least this many pairs (frames repeat, each time with a
+# fresh negative) so the critic gets enough steps per epoch to leave the 0.69 plateau; on a CPU fewer,
+# so that an epoch takes minutes, not an hour
+PAIRS_PER_EPOCH = {"cuda": 8192, "cpu": 1024}
 
 
 # ---------------------------------------------------------------- steps
 
 
-def syncnet_step(model: Any, optimizer: Any, scaler: Any, faces: Any, audio: Any, labels: Any,
-                 device: Any, amp: str, graphs: bool = False) -> tuple[Any, Any]:
+def syncnet_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 faces: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor, device: torch.device, amp: str,
+                 graphs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns (loss, correct count) as device tensors (no host sync).
     `graphs`: the network was compiled with CUDA graphs (maybe_compile)."""
-    import torch.nn.functional as F
-
     begin_step(graphs)
     with autocast(device, amp):
         audio_emb, face_emb = model(faces, audio)
@@ -97,61 +65,16 @@ def syncnet_step(model: Any, optimizer: Any, scaler: Any, faces: Any, audio: Any
     return loss.detach(), correct.detach()
 
 
-def train_syncnet_steps(model: Any, optimizer: Any, data: Any, steps: int, batch_size: int, *,
-                        device: Any, amp: str = "none", scaler: Any = None, generator: Any = None,
-                        frames: Any = None, graphs: bool = False) -> dict[str, float]:
-    """Run `steps` training steps on random balanced pairs (for benchmarks); returns loss and samples/s."""
-    import torch
-
-    from ..data import syncnet_pairs
-
-    g = generator or torch.Generator().manual_seed(0)
-    scaler = scaler or make_scaler(device, amp)
-    pool = torch.as_tensor(frames if frames is not None else np.arange(len(data)), dtype=torch.long)
-    model.train()
-    total = torch.zeros((), device=device)
-    t0 = None
-    done = 0
-    draws = [syncnet_pairs(pool[torch.randint(len(pool), (batch_size,), generator=g)], pool, g, shuffle=False)
-             for _ in range(steps + 1)]
-    # every step's pairs go to the device in one copy, as an epoch's do: a host-to-device copy per
-    # step would make the host wait for the GPU's queued work every step
-    pairs = torch.stack([torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])]).to(device)
-    all_labels = torch.cat([d[2] for d in draws]).to(device)
-    for step in range(steps + 1):  # step 0 warms up (allocator, cudnn autotune, compile)
-        sl = slice(step * batch_size, (step + 1) * batch_size)
-        face_idx, audio_idx, labels = pairs[0, sl], pairs[1, sl], all_labels[sl]
-        faces = data.face_stack(face_idx, _raw(model).face_frames, int(pool.min()), int(pool.max()))
-        loss, _ = syncnet_step(model, optimizer, scaler, faces, data.audio(audio_idx), labels, device, amp, graphs)
-        if step == 0:
-            synchronize(device)
-            t0 = time.perf_counter()
-            continue
-        total += loss
-        done += batch_size
-    synchronize(device)
-    dt = time.perf_counter() - (t0 or time.perf_counter())
-    return {"loss": float(total) / max(steps, 1), "samples_per_s": done / dt if dt > 0 else float("inf"),
-            "seconds": dt, "steps": steps}
-
-
-def _raw(model: Any) -> Any:
-    from .checkpoint import unwrap
-
+def _raw(model: torch.nn.Module) -> torch.nn.Module:
     return unwrap(model)
 
 
 # ---------------------------------------------------------------- validation
 
 
-def evaluate_syncnet(model: Any, data: Any, val_idx: Any, *, device: Any, amp: str = "none",
+def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, device: torch.device, amp: str = "none",
                      batch_size: int = 64, seed: int = 0, max_offset: int = MAX_OFFSET) -> dict[str, float]:
     """Held-out loss, accuracy (balanced pairs) and offset accuracy (offset 0 best of ±max_offset)."""
-    import torch
-    import torch.nn.functional as F
-
-    from ..data import far_indices
-
     if len(val_idx) == 0:
         return {}
     raw = _raw(model)
@@ -226,12 +149,9 @@ def register_reused_syncnet(layout: DatasetLayout, path: str | Path, asr: str) -
     return sec
 
 
-def load_syncnet(path: str | Path, device: Any = "cpu", asr: str | None = None) -> tuple[Any, dict[str, Any]]:
+def load_syncnet(path: str | Path, device: str | torch.device = "cpu",
+                 asr: str | None = None) -> tuple[SyncNet, dict[str, Any]]:
     """A SyncNet checkpoint as an eval-mode network on `device` (asr checked when given)."""
-    import torch
-
-    from unet_328 import SyncNet
-
     ckpt = load_checkpoint(path, "syncnet")
     if asr is not None:
         check_asr(ckpt, asr, path, "use a SyncNet trained on the same audio features (or --no_syncnet)")
@@ -252,190 +172,126 @@ def syncnet_status(layout: DatasetLayout) -> dict[str, Any]:
     return TrainingState(layout.state_file).section(SECTION) if layout.state_file.exists() else {}
 
 
-# ---------------------------------------------------------------- the run
 
 
-def train_syncnet(cfg: SyncNetTrainConfig) -> SyncNetResult:
-    """Train (or resume, or skip when done) the person's SyncNet; returns its best checkpoint."""
-    import torch
-
-    from unet_328 import SyncNet
-
-    from ..data import check_preprocessed, resolve_asr
-
-    run = cfg.run
-    dist = run.dist
-    layout = dataset_layout(cfg.dataset_dir, cfg.name)
-    ckl = checkpoint_layout(cfg.checkpoint_dir, cfg.name)
-    run_dir = ckl.syncnet_dir
-    check_preprocessed(layout)
-    device = dist.start(run.device)  # this rank's device; joins the process group of a torchrun run
-    state = TrainingState(layout.state_file)
-    sec = state.section(SECTION)
-    dist.barrier()  # every rank decides from the same state before rank 0 changes it
-
-    # done already? (a reused checkpoint counts as done whatever --epochs says)
-    if not cfg.restart and sec.get("completed") and sec.get("checkpoint") and Path(sec["checkpoint"]).is_file():
-        want_asr = cfg.asr or sec.get("asr")
-        if sec.get("asr") == want_asr and (sec.get("reused_from") or int(sec.get("epochs", 0)) >= cfg.epochs):
-            how = f"reused from {sec['reused_from']}" if sec.get("reused_from") else f"{sec.get('epochs')} epochs"
-            dist.log(f"SyncNet of {cfg.name} is already trained ({how}): {sec['checkpoint']}")
-            return SyncNetResult(Path(sec["checkpoint"]), int(sec.get("epochs", 0)), sec["asr"], 0,
-                                 dict(sec.get("best_metrics") or {}))
-
-    resume = restart_or_resume(run_dir, "syncnet", restart=cfg.restart, state=state, section=SECTION, dist=dist,
-                               what="SyncNet")
-    asr = cfg.asr
-    if resume is not None:
-        if asr is not None and resume.get("asr") != asr:
-            check_asr(resume, asr, resume["_path"], f"pass --restart to train a new SyncNet for {asr!r} in {run_dir}")
-        asr = resume["asr"]
-    asr = resolve_asr(layout, asr)
-    width = cfg.width or (resume or {}).get("config", {}).get("width") or "full"
-    if resume is not None and (resume.get("config") or {}).get("width", width) != width:
-        raise SyncTalkError(
-            f"{resume['_path']} is a {resume['config']['width']!r}-width SyncNet but --width {width} was asked; "
-            f"drop --width to continue it or pass --restart to start over"
-        )
-    options = {"width": width}
-    if resume is not None:
-        options = network_options(resume.get("config") or {})
-    for key, flag in (("face_frames", "--syncnet_face_frames"), ("audio_context", "--syncnet_audio_context")):
-        asked = getattr(cfg, key)
-        if asked is None:
-            continue
-        if resume is not None and options[key] != asked:
-            raise SyncTalkError(f"{resume['_path']} was trained with {key} {options[key]} but {flag} {asked} was "
-                                f"asked: drop {flag} to continue it or pass --restart to start over")
-        options[key] = asked
-    start_epoch = int(resume["epoch"]) if resume else 0
-    dist.agree((start_epoch, asr, width), "the resumed epoch, audio features and width")
-    if resume is not None and start_epoch >= cfg.epochs:
-        best = best_path(run_dir) if best_path(run_dir).exists() else Path(resume["_path"])
-        if dist.is_main:
-            state.update(SECTION, completed=True, epochs=start_epoch, checkpoint=str(best), asr=asr, width=width)
-        dist.log(f"SyncNet of {cfg.name} already has {start_epoch} epochs (>= {cfg.epochs}): {best}")
-        return SyncNetResult(best, start_epoch, asr, 0, dict(resume.get("metrics") or {}))
-
-    lips = (state.section("preprocessing") or {}).get("lip_activity") or {}
-    if lips.get("ok") is False:
-        from ..lipcheck import warning_text
-
-        dist.log(warning_text(cfg.name, lips))
-    amp = resolve_amp(run.amp, device)
-    configure_backends(device)
-    setup = set_up_run(layout, asr, SyncNet(asr, **options), lr=cfg.lr, val_fraction=cfg.val_fraction, device=device,
-                       amp=amp, run=run, resume=resume)
-    data, train_idx, val_idx = setup.data, setup.train_idx, setup.val_idx
-    model, optimizer, scaler, gen = setup.model, setup.optimizer, setup.scaler, setup.generator
-    best_key = None
-    best_metrics: dict[str, float] = {}
-    if resume is not None:
-        best_metrics = dict(resume.get("best") or {})
-        best_key = _best_key(best_metrics) if best_metrics else None
-        dist.log(f"resuming SyncNet of {cfg.name} from epoch {start_epoch} ({resume['_path']})")
-    # DDP first, then compile (the documented order); `model` stays the plain module for checkpoints
-    graphs = use_graphs(run, device)
-    step_model = maybe_compile(dist.wrap(model, device, run.sync_bn), run.compile, graphs)
-    config = {**model.config, "batch_size": cfg.batch_size, "lr": cfg.lr, "epochs": cfg.epochs,
-              "val_fraction": cfg.val_fraction, "amp": amp, "seed": run.seed, "frames": len(data),
-              "max_offset": MAX_OFFSET, "world_size": dist.world_size,
-              "global_batch_size": cfg.batch_size * dist.world_size}
-    procs = f" × {dist.world_size} processes" if dist.enabled else ""
-    dist.log(f"SyncNet {cfg.name}: {len(train_idx)} training / {len(val_idx)} held-out frames, asr {asr}, "
-             f"width {width}, {model.face_frames} frame(s), batch {cfg.batch_size}{procs}, lr {cfg.lr:g}, "
-             f"{device} ({amp}), "
-             f"epochs {start_epoch}→{cfg.epochs}")
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state.update(SECTION, completed=False, target_epochs=cfg.epochs, asr=asr, width=width,
-                     epochs=start_epoch, reused_from=None)
-
-    pool = torch.as_tensor(train_idx)
-    metrics: dict[str, float] = {}
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        metrics = _syncnet_epoch(step_model, optimizer, scaler, data, pool, gen, epoch, cfg, device, amp, graphs)
-        metrics = dist.reduce_metrics(metrics)  # the epoch over all ranks' shards
-        if dist.is_main:  # validation on rank 0; every rank then takes its numbers for the "best" decision
-            metrics.update(evaluate_syncnet(model, data, val_idx, device=device, amp=amp,
-                                            batch_size=max(cfg.batch_size, 32), seed=run.seed))
-        metrics = dist.broadcast(metrics)
-        key = _best_key(metrics)
-        improved = best_key is None or key > best_key
-        if improved:
-            best_key = key
-            best_metrics = {"epoch": epoch, **metrics}
-        if dist.is_main:
-            print_epoch("SyncNet", epoch, cfg.epochs, metrics, improved)
-            payload = epoch_payload("syncnet", model, optimizer, scaler, epoch, asr, config, metrics, best_metrics,
-                                    rng_state(gen))
-            kept = write_epoch(run_dir, payload, final_epoch=cfg.epochs, save_interval=cfg.save_interval,
-                               keep=cfg.keep_checkpoints, improved=improved)
-            state.update(SECTION, epochs=epoch, latest=str(latest_path(run_dir)), checkpoint=str(best_path(run_dir)),
-                         checkpoints=kept, best_metrics=best_metrics, metrics=metrics, completed=epoch >= cfg.epochs)
-    dist.barrier()  # no rank returns before rank 0 has written the last checkpoint and the state
-    dist.log(f"SyncNet of {cfg.name} done: {cfg.epochs} epochs; best offset accuracy "
-             f"{best_metrics.get('offset_acc', float('nan')):.3f} at epoch {best_metrics.get('epoch')} → "
-             f"{best_path(run_dir)}")
-    return SyncNetResult(best_path(run_dir), cfg.epochs, asr, cfg.epochs - start_epoch, best_metrics)
+# ---------------------------------------------------------------- the task
 
 
-def _best_key(m: dict[str, float]) -> tuple[float, float]:
+class SyncNetTask(Task):
+    """The SyncNet's part of a run: balanced pairs each epoch, BCE on the sync logit, offset validation."""
+
+    kind, section, what = "syncnet", SECTION, "SyncNet"
+    terms = ("train_loss", "train_acc")
+    gpu_batch, cpu_batch, base_batch = 128, 16, BASE_BATCH
+
+    def __init__(self, model: torch.nn.Module, data: FrameData, train_idx: Any, val_idx: Any, *,
+                 pairs_per_epoch: int = 0, hard_negatives: float = 0.5, augment: bool = False, **kw: Any):
+        super().__init__(model, data, train_idx, val_idx, **kw)
+        self.pairs_per_epoch = pairs_per_epoch
+        self.hard_negatives = hard_negatives
+        self.aug = SyncNetAugment() if augment else None
+        self.frames = int(getattr(unwrap(self.model), "face_frames", 1))
+
+    @classmethod
+    def build(cls, cfg: SyncNetConfig, layout: DatasetLayout, state: TrainingState, *, asr: str, device: torch.device,
+              speed: Speed, dist: Distributed, resume: dict[str, Any] | None, av_offset: int = 0) -> "SyncNetTask":
+        """Data, network (a resumed run's own options) and optimizer of one SyncNet run."""
+        options = network_options(resume.get("config") or {}) if resume is not None else {"width": cfg.width}
+        for key in ("face_frames", "audio_context"):
+            if getattr(cfg, key) is not None:
+                options[key] = getattr(cfg, key)
+        lips = (state.section(PREPROCESSING) or {}).get("lip_activity") or {}
+        if lips.get("ok") is False:
+            from ..lipcheck import warning_text
+
+            dist.log(warning_text(layout.name, lips))
+        with dist.main_first():  # rank 0 builds a missing crop cache; the others then read it
+            data = load_frame_data(layout, asr, device=device, channels_last=speed.channels_last,
+                                   progress=cfg.progress and dist.is_main, on_device=speed.cache_on_device,
+                                   av_offset=av_offset)
+        train_idx, val_idx = split_indices(len(data), cfg.val_fraction)
+        pairs = cfg.pairs_per_epoch
+        if pairs is None:
+            pairs = PAIRS_PER_EPOCH["cuda" if device.type == "cuda" else "cpu"]
+        return cls(SyncNet(asr, **options), data, train_idx, val_idx, pairs_per_epoch=pairs,
+                   hard_negatives=cfg.hard_negatives, augment=cfg.augment, device=device, speed=speed, dist=dist,
+                   seed=cfg.seed, sync_bn=cfg.sync_bn, resume=resume,
+                   run_numbers={"epochs": cfg.epochs, "val_fraction": cfg.val_fraction})
+
+    @classmethod
+    def already_done(cls, cfg: SyncNetConfig, sec: dict[str, Any], run_dir: Path) -> TrainResult | None:
+        """Trained to --epochs already, or satisfied by another person's SyncNet (whatever --epochs says)."""
+        path = Path(sec["checkpoint"]) if sec.get("checkpoint") else None
+        if not (sec.get("completed") and path is not None and path.is_file()):
+            return None
+        if sec.get("asr") != (cfg.asr or sec.get("asr")):
+            return None
+        if sec.get("reused_from") or int(sec.get("epochs", 0)) >= cfg.epochs:
+            return TrainResult(run_dir, path, int(sec.get("epochs", 0)), 0, sec["asr"],
+                               dict(sec.get("best_metrics") or {}))
+        return None
+
+    def _draw(self, pool: torch.Tensor, pairs: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """Balanced pairs over `pool` (each frame at least once), hard negatives and jitter, on this rank's device."""
+        repeats = max(1, math.ceil(pairs / max(len(pool), 1)))
+        face_idx, audio_idx, labels = syncnet_pairs(pool.repeat(repeats), pool, generator)
+        if self.hard_negatives > 0:
+            audio_idx = add_hard_negatives(face_idx, audio_idx, labels, pool, generator, self.hard_negatives)
+        # jitter drawn with the pairs (host generator): the same on every rank and after a resume
+        jitter = self.aug.sample(len(face_idx), generator) if self.aug is not None else torch.zeros(len(face_idx), 0)
+        return [self.dist.shard(t).to(self.device) for t in (face_idx, audio_idx, labels, jitter)]
+
+    def _batches(self, face_idx: torch.Tensor, audio_idx: torch.Tensor, labels: torch.Tensor, jitter: torch.Tensor,
+                 ) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], int]]:
+        lo, hi = int(self.pool.min()), int(self.pool.max())  # stacks stay in the training frames
+        # compiled steps keep one batch shape: a partial last batch would compile (and record) again
+        for sl in batches(len(face_idx), self.speed.batch_size, drop_last=self.speed.compile):
+            faces = self.data.face_stack(face_idx[sl], self.frames, lo, hi)
+            audio = self.data.audio(audio_idx[sl])
+            if self.aug is not None:
+                faces, audio = self.aug.faces(faces, jitter[sl]), self.aug.audio(audio, jitter[sl],
+                                                                                  self.data.spec.layout)
+            yield (faces, audio, labels[sl]), sl.stop - sl.start
+
+    def epoch_batches(self, epoch: int) -> tuple[int, Iterator[tuple[Any, int]]]:
+        """Every training frame at least once (more for short videos), half of them off sync."""
+        drawn = self._draw(self.pool, self.pairs_per_epoch, self.generator)
+        return len(drawn[0]), self._batches(*drawn)
+
+    def random_batches(self, steps: int, generator: torch.Generator) -> Iterator[tuple[Any, int]]:
+        """`steps` batches of pairs drawn as an epoch draws them."""
+        return self._batches(*self._draw(self.pool, steps * self.speed.batch_size, generator))
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """One optimisation step: [loss, accuracy] of the batch."""
+        faces, audio, labels = batch
+        loss, correct = syncnet_step(self.step_model, self.optimizer, self.scaler, faces, audio, labels, self.device,
+                                     self.amp, self.graphs)
+        return torch.stack([loss, correct / len(labels)])
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out loss, accuracy and offset accuracy."""
+        return evaluate_syncnet(self.model, self.data, self.val_idx, device=self.device, amp=self.amp,
+                                batch_size=max(self.speed.batch_size, 32), seed=self.seed)
+
+    def better(self, metrics: dict[str, float], best: dict[str, Any]) -> bool:
+        """Offset accuracy first, then a lower held-out loss."""
+        return not best or _best_key(metrics) > _best_key(best)
+
+    def network_config(self) -> dict[str, Any]:
+        """SyncNet.config (rebuilds it) and the run's numbers."""
+        return {**unwrap(self.model).config, "batch_size": self.speed.batch_size, "lr": self.speed.lr,
+                **self.run_numbers, "amp": self.amp, "seed": self.seed, "frames": len(self.data),
+                "max_offset": MAX_OFFSET, "world_size": self.dist.world_size,
+                "global_batch_size": self.speed.batch_size * self.dist.world_size, "av_offset": self.data.av_offset}
+
+    def describe(self) -> str:
+        """Frames per face stack and pairs per epoch."""
+        return f"{self.frames} frame(s), ≥{self.pairs_per_epoch} pairs/epoch, "
+
+
+def _best_key(m: dict[str, Any]) -> tuple[float, float]:
     """Higher is better: offset accuracy first, then low held-out (or training) loss."""
     if "offset_acc" in m:
         return (m["offset_acc"], -m.get("val_loss", 0.0))
     return (0.0, -m.get("train_loss", float("inf")))
-
-
-def _syncnet_epoch(model: Any, optimizer: Any, scaler: Any, data: Any, pool: Any, gen: Any, epoch: int,
-                   cfg: SyncNetTrainConfig, device: Any, amp: str, graphs: bool = False) -> dict[str, float]:
-    import torch
-    from tqdm import tqdm
-
-    from ..data import SyncNetAugment, add_hard_negatives, syncnet_pairs
-
-    run = cfg.run
-    model.train()
-    repeats = max(1, math.ceil(cfg.min_pairs_per_epoch / max(len(pool), 1)))
-    face_idx, audio_idx, labels = syncnet_pairs(pool.repeat(repeats), pool, gen)
-    if cfg.hard_negatives > 0:
-        audio_idx = add_hard_negatives(face_idx, audio_idx, labels, pool, gen, cfg.hard_negatives)
-    aug = SyncNetAugment() if cfg.augment else None
-    frames, lo, hi = _raw(model).face_frames, int(pool.min()), int(pool.max())  # stacks stay in the training frames
-    # jitter drawn with the pairs (host generator): the same on every rank and after a resume
-    jitter = aug.sample(len(face_idx), gen) if aug is not None else torch.zeros(len(face_idx), 0)
-    face_idx, audio_idx, labels, jitter = (run.dist.shard(t).to(device) for t in (face_idx, audio_idx, labels, jitter))
-    n = len(face_idx)
-    sums = torch.zeros(2, device=device)  # loss·batch, correct
-    window = torch.zeros(2, device=device)
-    seen = win_seen = 0
-    t0 = time.perf_counter()
-    bar = tqdm(total=n, desc=f"SyncNet {epoch}/{cfg.epochs}", unit="img", leave=False,
-               disable=not (run.progress and run.dist.is_main))
-    # compiled steps keep one batch shape: a partial last batch would compile (and record) again
-    for k, sl in enumerate(batches(n, cfg.batch_size, drop_last=run.compile)):
-        b = sl.stop - sl.start
-        faces = data.face_stack(face_idx[sl], frames, lo, hi)
-        audio = data.audio(audio_idx[sl])
-        if aug is not None:
-            faces, audio = aug.faces(faces, jitter[sl]), aug.audio(audio, jitter[sl], data.spec.layout)
-        loss, correct = syncnet_step(model, optimizer, scaler, faces, audio, labels[sl], device, amp, graphs)
-        step = torch.stack([loss * b, correct])
-        sums += step
-        window += step
-        seen += b
-        win_seen += b
-        bar.update(b)
-        if (k + 1) % max(run.log_every, 1) == 0:
-            wl, wc = window.tolist()  # the only host sync, every log_every steps
-            check_finite(wl, epoch)
-            bar.set_postfix(loss=f"{wl / win_seen:.4f}", acc=f"{wc / win_seen:.3f}",
-                            sps=f"{seen / (time.perf_counter() - t0):.0f}")
-            window.zero_()
-            win_seen = 0
-    bar.close()
-    total_loss, total_correct = sums.tolist()
-    check_finite(total_loss, epoch)
-    dt = time.perf_counter() - t0
-    return {"train_loss": total_loss / max(seen, 1), "train_acc": total_correct / max(seen, 1),
-            "samples_per_s": seen / dt if dt > 0 else 0.0, "seconds": dt}

@@ -23,6 +23,7 @@ setup(
         "imageio-ffmpeg>=0.5",
         "dlib-bin>=19.24",
         "face_recognition_models>=0.3",
+        "tensorboard>=2.14",  # per-epoch training metrics as event files in the run folder
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["synctalk=synctalk.cli:entry"]},

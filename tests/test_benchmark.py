@@ -99,7 +99,7 @@ def test_gpus_stage_runs_two_gloo_processes_on_the_cpu(small_run: tuple[Path, di
 
 def test_missing_pieces_are_skipped_with_a_reason(small_run: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path) -> None:
-    import benchmarks.speed as speed
+    import benchmarks.common as common
     import synctalk.faces.landmarks as landmarks
     from synctalk.errors import SyncTalkError
 
@@ -111,7 +111,7 @@ def test_missing_pieces_are_skipped_with_a_reason(small_run: tuple[Path, dict], 
             raise SyncTalkError("the dlib landmarker needs dlib: pip install dlib-bin face_recognition_models")
         return real_create(kind, *a, **kw)
 
-    monkeypatch.setattr(speed, "_ffmpeg", lambda: None)  # a machine without ffmpeg
+    monkeypatch.setattr(common, "ffmpeg_path", lambda: None)  # a machine without ffmpeg
     monkeypatch.setattr(landmarks, "create_landmarker", no_dlib)  # … and without dlib
     dataset = work / "w" / "dataset" / report["person"]["name"]
     out = tmp_path / "skip.json"

@@ -200,19 +200,27 @@ def test_unet_resumes_from_one_to_two_processes_and_back(source, work, capsys) -
 def test_gpus_flag_forwards_the_command_line_to_torchrun() -> None:
     import argparse
 
-    from synctalk.training.command import add_arguments, torchrun_command
+    from synctalk.training.commands import torchrun_command
+    from synctalk.training.commands.legacy import add_arguments as seed_arguments
+    from synctalk.training.commands.legacy import plan
+    from synctalk.training.commands.syncnet import add_arguments
+    from synctalk.training.config import SyncNetConfig, explicit_options
 
     p = argparse.ArgumentParser()
-    add_arguments(p)
+    seed_arguments(p)
     args = p.parse_args(["--name", "ann", "--gpus", "4", "--train_syncnet", "--lr", "0.0005", "--epochs", "7",
-                         "--batchsize", "32", "--lr_scaling", "sqrt", "--sync_bn"])
-    cmd = torchrun_command(args, 4)
+                         "--batchsize", "32", "--lr_scaling", "sqrt", "--sync_bn", "--syncnet_face_frames", "3"])
+    [(command, options)] = plan(vars(args))
+    assert command == "train-syncnet" and options["face_frames"] == 3
+    cmd = torchrun_command(command, SyncNetConfig, options, 4)
     assert cmd[:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m"]
     rest = cmd[7:]
-    assert rest[:2] == ["synctalk.cli", "train"] and "--gpus" not in rest
+    assert rest[:2] == ["synctalk.cli", "train-syncnet"] and "--gpus" not in rest
     # the forwarded flags parse back to the same options
-    again = p.parse_args(rest[2:])
-    assert {k: v for k, v in vars(again).items() if k != "gpus"} == {k: v for k, v in vars(args).items() if k != "gpus"}
+    q = argparse.ArgumentParser()
+    add_arguments(q)
+    again = explicit_options(q.parse_args(rest[2:]), SyncNetConfig)
+    assert again == {k: v for k, v in options.items() if k != "gpus"}
 
 
 def test_gpus_without_a_gpu_is_a_clear_error(work, capsys) -> None:

@@ -204,8 +204,9 @@ def _all_exact_crops(seen: list[torch.Tensor], crops: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("augment", [True, False])
 def test_training_augments_and_validation_does_not(augment: bool) -> None:
-    from synctalk.training import RunOptions, make_scaler
-    from synctalk.training.syncnet import SyncNetTrainConfig, _syncnet_epoch, evaluate_syncnet
+    from synctalk.training.config import SyncNetConfig
+    from synctalk.training.loop import Speed, train_epoch
+    from synctalk.training.syncnet import SyncNetTask, evaluate_syncnet
 
     torch.manual_seed(0)
     n = 24
@@ -214,13 +215,12 @@ def test_training_augments_and_validation_does_not(augment: bool) -> None:
     data = D.FrameData(crops, feats, "mel")
     every = data.faces(torch.arange(n))
     model = _Recorder()
-    cfg = SyncNetTrainConfig(name="t", batch_size=4, min_pairs_per_epoch=0, augment=augment,
-                             run=RunOptions(device="cpu", progress=False))
-    assert dataclasses.asdict(SyncNetTrainConfig(name="x"))["augment"] is False  # asked for, not default
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    scaler = make_scaler(torch.device("cpu"), "none")
-    metrics = _syncnet_epoch(model, opt, scaler, data, torch.arange(20), torch.Generator().manual_seed(0), 1, cfg,
-                             torch.device("cpu"), "none")
+    assert dataclasses.asdict(SyncNetConfig())["augment"] is False  # asked for, not default
+    speed = Speed(device="cpu", amp="none", channels_last=False, compile=False, cuda_graphs=False, batch_size=4,
+                  lr=1e-3, cache_on_device=False)
+    task = SyncNetTask(model, data, np.arange(20), np.arange(20, n), pairs_per_epoch=0, augment=augment,
+                       device=torch.device("cpu"), speed=speed)
+    metrics = train_epoch(task, 1, 1, progress=False)
     assert metrics["train_loss"] == metrics["train_loss"]  # finite, not NaN
     assert _all_exact_crops(model.seen, every) is (not augment)
     model.seen.clear()
@@ -228,24 +228,28 @@ def test_training_augments_and_validation_does_not(augment: bool) -> None:
     assert model.seen and _all_exact_crops(model.seen, every)
 
 
-def test_train_flags_reach_the_syncnet_config(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    import synctalk.training.syncnet as S
-    from synctalk.cli import main
+def test_train_flags_reach_the_syncnet_config(tmp_path) -> None:
+    import argparse
 
-    seen = []
+    from synctalk.training.commands.legacy import add_arguments, plan
+    from synctalk.training.config import SyncNetConfig, merge_config
 
-    def fake_train(cfg):
-        seen.append(cfg)
-        return S.SyncNetResult(tmp_path / "best.pth", cfg.epochs, "mel", 0, {})
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
 
-    monkeypatch.setattr(S, "train_syncnet", fake_train)
-    base = ["train", "--name", "p", "--dataset_dir", str(tmp_path), "--train_syncnet", "--device", "cpu"]
-    assert main(base) == 0
-    assert seen[-1].augment is False and seen[-1].hard_negatives == 0.5 and seen[-1].face_frames is None
-    assert main(base + ["--syncnet_augment", "--syncnet_hard_negatives", "0", "--syncnet_face_frames", "5",
-                        "--syncnet_audio_context", "0"]) == 0
-    assert seen[-1].augment is True and seen[-1].hard_negatives == 0.0
-    assert seen[-1].face_frames == 5 and seen[-1].audio_context == 0
+    def config_of(*flags: str) -> SyncNetConfig:
+        args = parser.parse_args(["--name", "p", "--dataset_dir", str(tmp_path), "--train_syncnet", "--device", "cpu",
+                                  *flags])
+        [(command, options)] = plan(vars(args))
+        assert command == "train-syncnet"
+        return merge_config(SyncNetConfig, options)
+
+    cfg = config_of()
+    assert cfg.augment is False and cfg.hard_negatives == 0.5 and cfg.face_frames is None
+    cfg = config_of("--syncnet_augment", "--syncnet_hard_negatives", "0", "--syncnet_face_frames", "5",
+                    "--syncnet_audio_context", "0")
+    assert cfg.augment is True and cfg.hard_negatives == 0.0
+    assert cfg.face_frames == 5 and cfg.audio_context == 0
 
 
 # ---------------------------------------------------------------- the held-out offset metrics

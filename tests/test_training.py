@@ -77,7 +77,8 @@ def test_syncnet_writes_checkpoints_and_state_then_skips(source, work, capsys) -
     person(source, work, "ann")
     assert train(work, "ann", "--train_syncnet", "--epochs", "2", "--keep_checkpoints", "1") == 0
     run_dir = checkpoint_layout(work / "checkpoint", "ann").syncnet_dir
-    assert sorted(p.name for p in run_dir.iterdir()) == ["2.pth", "checkpoint_best.pth", "checkpoint_latest.pth"]
+    assert sorted(p.name for p in run_dir.glob("*.pth")) == ["2.pth", "checkpoint_best.pth", "checkpoint_latest.pth"]
+    assert (run_dir / "config.json").is_file() and list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     ckpt = torch.load(run_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=True)
     assert {"kind", "model", "optimizer", "scaler", "epoch", "asr", "config", "metrics", "rng"} <= set(ckpt)
     assert ckpt["kind"] == "syncnet" and ckpt["epoch"] == 2 and ckpt["asr"] == "mel"
@@ -240,6 +241,91 @@ def test_unet_without_a_syncnet_when_asked_to_use_one_is_an_error(source, work, 
     assert not checkpoint_layout(work / "checkpoint", "hal").unet_dir.exists()
 
 
+def test_a_continued_unet_keeps_the_options_saved_in_its_config_json(source, work, capsys) -> None:
+    from synctalk.training import load_run_config
+
+    person(source, work, "kim")
+    where = ["--name", "kim", "--dataset_dir", str(work / "dataset"), "--checkpoint_dir", str(work / "checkpoint"),
+             "--device", "cpu", "--no_progress"]
+    assert main(["train-unet", *where, "--width", "tiny", "--batchsize", "4", "--val_fraction", "0.125",
+                 "--perceptual", "none", "--l1_weight", "2", "--syncnet", "off", "--epochs", "1"]) == 0
+    run_dir = checkpoint_layout(work / "checkpoint", "kim").unet_dir
+    cfg = load_run_config(run_dir)
+    assert cfg["kind"] == "unet" and cfg["options"]["perceptual"] == "none" and cfg["options"]["l1_weight"] == 2.0
+    assert cfg["resolved"]["batch_size"] == 4 and cfg["resolved"]["amp"] == "none"
+    first = torch.load(run_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=True)
+    assert first["run_config"] == cfg
+    capsys.readouterr()
+    # nothing but "one more epoch": width, batch, held-out tail, losses and critic come from config.json
+    assert main(["train-unet", *where, "--continue_training", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming UNet of kim from epoch 1" in out and "width tiny" in out and "batch 4," in out
+    ckpt = torch.load(run_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["perceptual"] == "none" and ckpt["config"]["sync_weight"] == 0.0
+    m = ckpt["metrics"]
+    assert abs(m["train_loss"] - 2 * m["l1"]) < 1e-6 and "perceptual" not in m  # --l1_weight 2 kept
+    assert load_run_config(run_dir)["options"]["epochs"] == 2
+    # what fixes the network cannot change on a resume
+    assert main(["train-unet", *where, "--continue_training", "--epochs", "3", "--width", "mobile"]) == 1
+    assert "--width" in capsys.readouterr().err
+    assert torch.load(run_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=True)["epoch"] == 2
+
+
+def test_sigint_mid_epoch_saves_a_step_checkpoint_and_resumes_exactly(source, work, capsys) -> None:
+    """Ctrl-C in the middle of an epoch keeps its steps: the resumed run ends with the weights of a run
+    that was never stopped."""
+    for name in ("lea", "ref"):
+        person(source, work, name)
+    flags = ["--train_syncnet", "--epochs", "1", "--syncnet_pairs_per_epoch", "240", "--log_every", "1"]
+    proc = spawn(work, "lea", *flags)
+    lines = []
+    for line in proc.stdout:  # the start line comes once the data is loaded, right before the first step
+        lines.append(line)
+        if line.startswith("SyncNet lea:"):
+            break
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, "".join(lines) + rest
+    assert "SIGINT: saved the model after step" in rest
+    run_dir = checkpoint_layout(work / "checkpoint", "lea").syncnet_dir
+    ckpt = torch.load(run_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=True)
+    done = ckpt["step"]["done_steps"]
+    assert ckpt["epoch"] == 0 and ckpt["step"]["epoch"] == 1 and 0 < done < 60 and ckpt["optimizer"]
+    assert state_of(work, "lea")["syncnet_training"]["step"]["done_steps"] == done
+    capsys.readouterr()
+    assert train(work, "lea", *flags) == 0
+    out = capsys.readouterr().out
+    assert f"continuing epoch 1 after its step {done}" in out and "SyncNet epoch 1/1" in out
+    assert train(work, "ref", *flags) == 0
+    got, want = (torch.load(checkpoint_layout(work / "checkpoint", n).syncnet_dir / "checkpoint_latest.pth",
+                            map_location="cpu", weights_only=True) for n in ("lea", "ref"))
+    for key, value in want["model"].items():
+        torch.testing.assert_close(got["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert got["metrics"]["train_loss"] == pytest.approx(want["metrics"]["train_loss"], rel=1e-4)
+    assert "step" not in got and state_of(work, "lea")["syncnet_training"]["step"] is None
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_newest_intact_epoch_file(source, work, capsys) -> None:
+    person(source, work, "max")
+    assert train(work, "max", "--train_syncnet", "--epochs", "2") == 0
+    run_dir = checkpoint_layout(work / "checkpoint", "max").syncnet_dir
+    latest = run_dir / "checkpoint_latest.pth"
+    full, slim = latest.stat().st_size, (run_dir / "2.pth").stat().st_size
+    two = torch.load(run_dir / "2.pth", map_location="cpu", weights_only=True)
+    assert "optimizer" not in two and "rng" not in two and slim < full  # only the resume point holds the optimizer
+    assert "optimizer" not in torch.load(run_dir / "checkpoint_best.pth", map_location="cpu", weights_only=True)
+    latest.write_bytes(latest.read_bytes()[: full // 3])  # a disk that filled up mid-write of an older version
+    capsys.readouterr()
+    assert train(work, "max", "--train_syncnet", "--epochs", "3") == 0
+    out = capsys.readouterr().out
+    assert "warning:" in out and "checkpoint_latest.pth" in out and "2.pth instead" in out
+    assert "resuming SyncNet of max from epoch 2" in out and "SyncNet epoch 3/3" in out
+    sec = state_of(work, "max")["syncnet_training"]
+    assert sec["epochs"] == 3 and sec["completed"] and Path(sec["latest"]).is_absolute()
+    assert all(Path(p).is_absolute() for p in sec["checkpoints"])
+
+
 def test_resumed_optimizer_moments_take_the_parameters_layout() -> None:
     from synctalk.training import load_optimizer_state
 
@@ -293,7 +379,7 @@ def test_compiled_epochs_keep_one_batch_shape() -> None:
 def test_cuda_graphs_compile_mode_and_step_marks(monkeypatch) -> None:
     from types import SimpleNamespace
 
-    from synctalk.training import RunOptions, make_scaler, maybe_compile, use_graphs
+    from synctalk.training import make_scaler, maybe_compile, use_graphs
     from synctalk.training.unet import UNetLosses, unet_step
 
     calls: list[dict] = []
@@ -305,9 +391,9 @@ def test_cuda_graphs_compile_mode_and_step_marks(monkeypatch) -> None:
     assert calls == [{}, {"mode": "reduce-overhead", "dynamic": False}]
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert use_graphs(RunOptions(compile=True, cuda_graphs=True), cuda)
-    assert not use_graphs(RunOptions(compile=True, cuda_graphs=True), cpu)  # graphs are CUDA's; the CPU just compiles
-    assert not use_graphs(RunOptions(compile=False, cuda_graphs=True), cuda)
+    assert use_graphs(True, cuda)
+    assert not use_graphs(True, cpu)  # graphs are CUDA's; the CPU just compiles
+    assert not use_graphs(False, cuda)
 
     marks: list[int] = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))

@@ -1,8 +1,10 @@
 """Checkpoint files: one dict per file, written atomically, checked when read.
 
 A checkpoint is {kind: "syncnet"|"unet", model, optimizer, scaler, epoch, asr, config, metrics,
-rng}; `epoch` counts finished epochs. A run's folder holds `<epoch>.pth` (the newest few kept),
-checkpoint_latest.pth (resume point) and checkpoint_best.pth (by the run's validation metric).
+best, rng, run_config}; `epoch` counts finished epochs. A run's folder holds checkpoint_latest.pth
+(the resume point, the only file with the optimizer and random states, plus `step` when a run was
+stopped mid-epoch), checkpoint_best.pth (by the run's validation metric) and `<epoch>.pth` (the
+newest few kept), both model-only, and config.json (synctalk.training.config).
 """
 
 from __future__ import annotations
@@ -27,15 +29,26 @@ def epoch_payload(kind: str, model: Any, optimizer: Any, scaler: Any, epoch: int
             "metrics": metrics, "best": best, "rng": rng}
 
 
+# what only a resume needs: kept in checkpoint_latest.pth alone (best and <epoch>.pth hold the model)
+RESUME_ONLY = ("optimizer", "scaler", "rng", "step")
+
+
+def model_only(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload without the optimizer state and random states (about a third of a full file)."""
+    return {k: v for k, v in payload.items() if k not in RESUME_ONLY}
+
+
 def write_epoch(run_dir: Path, payload: dict[str, Any], *, final_epoch: int, save_interval: int, keep: int,
                 improved: bool) -> list[str]:
-    """After an epoch: latest always, best when it improved, `<epoch>.pth` at the interval and at the
-    end; old epoch files pruned. Returns the epoch files kept (for the state file)."""
+    """After an epoch: latest (the full resume point) always, best when it improved and `<epoch>.pth` at
+    the interval and at the end (both model-only); old epoch files pruned. Returns the epoch files kept
+    (absolute paths, for the state file)."""
     epoch = int(payload["epoch"])
+    slim = model_only(payload)
     if epoch % max(save_interval, 1) == 0 or epoch == final_epoch:
-        save_checkpoint(CheckpointLayout.epoch(run_dir, epoch), payload)
+        save_checkpoint(CheckpointLayout.epoch(run_dir, epoch), slim)
     if improved:
-        save_checkpoint(best_path(run_dir), payload)
+        save_checkpoint(best_path(run_dir), slim)
     save_checkpoint(latest_path(run_dir), payload)
     prune_epoch_files(run_dir, keep)
     return [str(p.resolve()) for _e, p in epoch_files(run_dir)]
@@ -115,16 +128,33 @@ def best_path(directory: str | Path) -> Path:
     return CheckpointLayout.best(Path(directory))
 
 
-def find_resume(directory: str | Path, kind: str) -> dict[str, Any] | None:
-    """The checkpoint to resume a run from: checkpoint_latest.pth, else the newest `<epoch>.pth`."""
+def find_resume(directory: str | Path, kind: str | None, warn: bool = True) -> dict[str, Any] | None:
+    """The checkpoint to resume a run from: checkpoint_latest.pth, else the newest intact `<epoch>.pth`.
+
+    A latest file that cannot be read (truncated by a full disk, corrupted) is passed over with a
+    warning for the newest epoch file that can; when none can, the first error is raised.
+    """
     directory = Path(directory)
     cleanup_temporaries(directory)  # a killed writer's leftovers
     candidates = [latest_path(directory)] + [p for _e, p in reversed(epoch_files(directory))]
+    first_error: SyncTalkError | None = None
     for p in candidates:
-        if p.is_file():
+        if not p.is_file():
+            continue
+        try:
             ckpt = load_checkpoint(p, kind)
-            ckpt["_path"] = str(p)
-            return ckpt
+        except SyncTalkError as exc:
+            first_error = first_error or exc
+            if warn:
+                print(f"warning: {exc}; trying an older checkpoint of {directory}", flush=True)
+            continue
+        if first_error is not None and warn:
+            lacks = "" if ckpt.get("optimizer") else " (model only: the optimizer starts afresh)"
+            print(f"warning: resuming from {p} instead{lacks}", flush=True)
+        ckpt["_path"] = str(p)
+        return ckpt
+    if first_error is not None:
+        raise first_error
     return None
 
 

@@ -333,7 +333,7 @@ def saved_options(run_dir: str | Path) -> dict[str, Any]:
     from .checkpoint import find_resume
 
     try:
-        ckpt = find_resume(run_dir, None)
+        ckpt = find_resume(run_dir, None, warn=False)
     except SyncTalkError:
         return {}
     if ckpt is None:

@@ -17,6 +17,8 @@ The benchmark times the same `task.step` through `time_steps`.
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +31,9 @@ from ..data import FrameData, check_preprocessed, resolve_asr
 from ..errors import SyncTalkError
 from ..layout import DatasetLayout, dataset_layout
 from ..state import PREPROCESSING, TrainingState
-from .checkpoint import (best_path, epoch_payload, latest_path, restart_or_resume, write_epoch)
+from .checkpoint import best_path, epoch_payload, latest_path, restart_or_resume, save_checkpoint, write_epoch
 from .config import CONFIG_FILE, RunConfig, frozen_keys, write_run_config
-from .runtime import (Distributed, batches, check_finite, configure_backends, load_optimizer_state, make_adam,
+from .runtime import (Distributed, check_finite, configure_backends, load_optimizer_state, make_adam,
                       make_scaler, maybe_compile, prepare_module, resolve_amp, restore_rng_state, rng_state,
                       synchronize)
 
@@ -132,8 +134,9 @@ class Task:
         self.step_model = maybe_compile(dist.wrap(self.model, device, sync_bn), speed.compile, speed.cuda_graphs)
 
     # -- supplied by each network
-    def epoch_batches(self, epoch: int) -> tuple[int, Iterator[tuple[Any, int]]]:
-        """(samples this epoch, iterator of (batch, batch size)) for this rank."""
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> tuple[int, Iterator[tuple[Any, int]]]:
+        """(samples this epoch, iterator of (batch, batch size)) for this rank, from batch `start_step` on
+        (the epoch's order is drawn whole either way, so a resumed epoch continues the same order)."""
         raise NotImplementedError
 
     def random_batches(self, steps: int, generator: torch.Generator) -> Iterator[tuple[Any, int]]:
@@ -203,18 +206,62 @@ class TrainResult:
 # ---------------------------------------------------------------- epochs and timing
 
 
-def train_epoch(task: Task, epoch: int, epochs: int, *, progress: bool = True, log_every: int = 25) -> dict[str, float]:
-    """Every batch of the epoch through `task.step`; the loss is read back every `log_every` steps only."""
+class StopRequest:
+    """SIGINT / SIGTERM ask the loop to stop at the next step boundary (a second signal stops at once).
+
+    Installed for single-process runs only: the ranks of a torchrun run would not stop at one step.
+    """
+
+    def __init__(self, enabled: bool):
+        self.asked: str | None = None
+        self._old: dict[int, Any] = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.asked is not None:
+            raise KeyboardInterrupt
+        self.asked = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        """Put back the handlers there were before."""
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old.clear()
+
+
+class EpochInterrupted(Exception):
+    """Raised by train_epoch after the step at which a stop was asked; `position` resumes the epoch."""
+
+    def __init__(self, signame: str, position: dict[str, Any]):
+        super().__init__(signame)
+        self.signame, self.position = signame, position
+
+
+def train_epoch(task: Task, epoch: int, epochs: int, *, progress: bool = True, log_every: int = 25,
+                stop: StopRequest | None = None, position: dict[str, Any] | None = None) -> dict[str, float]:
+    """Every batch of the epoch through `task.step`; the loss is read back every `log_every` steps only.
+
+    `position` (a step checkpoint's) continues an interrupted epoch at its next batch with its sums;
+    when `stop` is asked, EpochInterrupted carries the position after the step in progress.
+    """
     task.train_mode()
-    n, steps = task.epoch_batches(epoch)
+    if position is not None:  # draw the interrupted epoch's order again, from the generator it had then
+        task.generator.set_state(position["rng_epoch"])
+    rng_epoch = task.generator.get_state()
+    start = int(position["done_steps"]) if position else 0
+    n, steps = task.epoch_batches(epoch, start)
     dev = task.device
-    sums = torch.zeros(len(task.terms), device=dev)
+    sums = torch.tensor(position["sums"], device=dev) if position else torch.zeros(len(task.terms), device=dev)
     window = torch.zeros(len(task.terms), device=dev)
-    seen = win_seen = 0
+    seen = int(position["seen"]) if position else 0
+    win_seen = 0
+    before = float(position["seconds"]) if position else 0.0
     t0 = time.perf_counter()
-    bar = tqdm(total=n, desc=f"{task.what} {epoch}/{epochs}", unit="img", leave=False,
+    bar = tqdm(total=n, initial=seen, desc=f"{task.what} {epoch}/{epochs}", unit="img", leave=False,
                disable=not (progress and task.dist.is_main))
-    for k, (batch, b) in enumerate(steps):
+    for k, (batch, b) in enumerate(steps, start=start):
         parts = task.step(batch) * b
         sums += parts
         window += parts
@@ -224,13 +271,19 @@ def train_epoch(task: Task, epoch: int, epochs: int, *, progress: bool = True, l
         if (k + 1) % max(log_every, 1) == 0:
             w = [x / win_seen for x in window.tolist()]  # the only host sync, every log_every steps
             check_finite(w[0], epoch)
-            bar.set_postfix({t: f"{v:.4g}" for t, v in zip(task.terms, w)} | {"sps": f"{seen / (time.perf_counter() - t0):.0f}"})
+            bar.set_postfix({t: f"{v:.4g}" for t, v in zip(task.terms, w)}
+                            | {"sps": f"{seen / (before + time.perf_counter() - t0):.0f}"})
             window.zero_()
             win_seen = 0
+        if stop is not None and stop.asked:
+            bar.close()
+            raise EpochInterrupted(stop.asked, {"epoch": epoch, "done_steps": k + 1, "rng_epoch": rng_epoch,
+                                                "sums": sums.tolist(), "seen": seen,
+                                                "seconds": before + time.perf_counter() - t0})
     bar.close()
     totals = dict(zip(task.terms, (x / max(seen, 1) for x in sums.tolist())))
     check_finite(totals["train_loss"], epoch)
-    dt = time.perf_counter() - t0
+    dt = before + time.perf_counter() - t0
     out = {k: v for k, v in totals.items() if k in task.active_terms()}
     out.update(samples_per_s=seen / dt if dt > 0 else 0.0, seconds=dt)
     return out
@@ -367,10 +420,22 @@ def run_training(task_cls: type[Task], cfg: RunConfig, dist: Distributed) -> Tra
                      width=cfg.width, run_dir=str(run_dir.resolve()), config=str((run_dir / CONFIG_FILE).resolve()),
                      reused_from=None)
     events = EventLog(run_dir, dist.is_main)
-    metrics: dict[str, float] = {}
+    stop = StopRequest(enabled=not dist.enabled)
+    position = (resume or {}).get("step")
+    if position is not None and int(position.get("epoch", -1)) != start + 1:
+        position = None
+    if position is not None:
+        dist.log(f"continuing epoch {start + 1} after its step {position['done_steps']} (stopped there by a signal)")
+    metrics: dict[str, float] = dict((resume or {}).get("metrics") or {})
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
-            metrics = train_epoch(task, epoch, cfg.epochs, progress=cfg.progress, log_every=cfg.log_every)
+            try:
+                metrics = train_epoch(task, epoch, cfg.epochs, progress=cfg.progress, log_every=cfg.log_every,
+                                      stop=stop, position=position)
+            except EpochInterrupted as stopped:
+                _save_step(task, run_dir, state, stopped, epoch, metrics, best_metrics, run_config)
+                raise KeyboardInterrupt from None
+            position = None
             metrics = dist.reduce_metrics(metrics)  # the epoch over all ranks' shards
             if dist.is_main:  # validation on rank 0; every rank then takes its numbers for the "best" decision
                 metrics.update(task.evaluate())
@@ -390,13 +455,28 @@ def run_training(task_cls: type[Task], cfg: RunConfig, dist: Distributed) -> Tra
                                keep=cfg.keep_checkpoints, improved=improved)
             state.update(task_cls.section, epochs=epoch, latest=str(latest_path(run_dir).resolve()),
                          best=str(best_path(run_dir).resolve()), checkpoint=str(best_path(run_dir).resolve()),
-                         checkpoints=kept, metrics=metrics, completed=epoch >= cfg.epochs,
+                         checkpoints=kept, metrics=metrics, completed=epoch >= cfg.epochs, step=None,
                          best_metrics={k: v for k, v in best_metrics.items() if not k.startswith("_")},
                          **task.state_fields(run_dir, best_metrics))
     finally:
+        stop.restore()
         events.close()
     dist.barrier()  # no rank returns before rank 0 has written the last checkpoint and the state
     best = best_path(run_dir)
     dist.log(f"{task_cls.what} of {name} done: {cfg.epochs} epochs → {best if best.exists() else run_dir}")
     return TrainResult(run_dir, best, cfg.epochs, cfg.epochs - start, asr, best_metrics)
 
+
+def _save_step(task: Task, run_dir: Path, state: TrainingState, stopped: EpochInterrupted, epoch: int,
+               metrics: dict[str, float], best_metrics: dict[str, Any], run_config: dict[str, Any]) -> None:
+    """A step checkpoint as checkpoint_latest.pth: the finished epochs' counter, the model and optimizer
+    after the last step, and where in the epoch it stopped (`step`), so the next run continues there."""
+    payload = epoch_payload(task.kind, task.model, task.optimizer, task.scaler, epoch - 1, task.data.asr,
+                            task.network_config(), metrics, best_metrics, rng_state(task.generator))
+    payload.update(run_config=run_config, step=stopped.position)
+    save_checkpoint(latest_path(run_dir), payload)
+    done = stopped.position["done_steps"]
+    state.update(task.section, latest=str(latest_path(run_dir).resolve()),
+                 step={"epoch": epoch, "done_steps": done, "samples": stopped.position["seen"]})
+    print(f"{stopped.signame}: saved the model after step {done} of epoch {epoch} to {latest_path(run_dir)}; "
+          f"rerun the same command to continue from there", flush=True)

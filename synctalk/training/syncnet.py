@@ -27,7 +27,6 @@ from unet_328 import SyncNet
 
 from ..data import (FrameData, SyncNetAugment, add_hard_negatives, far_indices, load_frame_data, split_indices,
                     syncnet_pairs)
-from ..errors import SyncTalkError
 from ..layout import DatasetLayout
 from ..state import PREPROCESSING, SYNCNET, TrainingState
 from .checkpoint import check_asr, load_checkpoint, unwrap
@@ -242,10 +241,10 @@ class SyncNetTask(Task):
         return [self.dist.shard(t).to(self.device) for t in (face_idx, audio_idx, labels, jitter)]
 
     def _batches(self, face_idx: torch.Tensor, audio_idx: torch.Tensor, labels: torch.Tensor, jitter: torch.Tensor,
-                 ) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], int]]:
+                 start_step: int = 0) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], int]]:
         lo, hi = int(self.pool.min()), int(self.pool.max())  # stacks stay in the training frames
         # compiled steps keep one batch shape: a partial last batch would compile (and record) again
-        for sl in batches(len(face_idx), self.speed.batch_size, drop_last=self.speed.compile):
+        for sl in list(batches(len(face_idx), self.speed.batch_size, drop_last=self.speed.compile))[start_step:]:
             faces = self.data.face_stack(face_idx[sl], self.frames, lo, hi)
             audio = self.data.audio(audio_idx[sl])
             if self.aug is not None:
@@ -253,10 +252,10 @@ class SyncNetTask(Task):
                                                                                   self.data.spec.layout)
             yield (faces, audio, labels[sl]), sl.stop - sl.start
 
-    def epoch_batches(self, epoch: int) -> tuple[int, Iterator[tuple[Any, int]]]:
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> tuple[int, Iterator[tuple[Any, int]]]:
         """Every training frame at least once (more for short videos), half of them off sync."""
         drawn = self._draw(self.pool, self.pairs_per_epoch, self.generator)
-        return len(drawn[0]), self._batches(*drawn)
+        return len(drawn[0]), self._batches(*drawn, start_step=start_step)
 
     def random_batches(self, steps: int, generator: torch.Generator) -> Iterator[tuple[Any, int]]:
         """`steps` batches of pairs drawn as an epoch draws them."""

@@ -290,12 +290,12 @@ class UNetTask(Task):
         task.syncnet_path, task.perceptual_name = syncnet_path, perceptual_name
         return task
 
-    def _batches(self, order: torch.Tensor, refs: torch.Tensor) -> Iterator[tuple[Batch, int]]:
+    def _batches(self, order: torch.Tensor, refs: torch.Tensor, start_step: int = 0) -> Iterator[tuple[Batch, int]]:
         # compiled steps keep one batch shape: a partial last batch would compile (and record) again
-        for sl in batches(len(order), self.batch_size, drop_last=self.speed.compile):
+        for sl in list(batches(len(order), self.batch_size, drop_last=self.speed.compile))[start_step:]:
             yield self.data.unet_batch(order[sl], refs[sl], self.mask), sl.stop - sl.start
 
-    def epoch_batches(self, epoch: int) -> tuple[int, Iterator[tuple[Any, int]]]:
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> tuple[int, Iterator[tuple[Any, int]]]:
         """Every training frame once in random order (in runs of the critic's frames), each with a random reference."""
         pool, k, gen = self.pool, self.group, self.generator
         order = pool[torch.randperm(len(pool), generator=gen)]
@@ -305,7 +305,7 @@ class UNetTask(Task):
         # shard whole runs; then flat sample order
         order = self.dist.shard(order).reshape(-1).to(self.device)
         refs = self.dist.shard(refs).reshape(-1).to(self.device)
-        return len(order), self._batches(order, refs)
+        return len(order), self._batches(order, refs, start_step)
 
     def random_batches(self, steps: int, generator: torch.Generator) -> Iterator[tuple[Any, int]]:
         """`steps` batches of random training frames, drawn on the host and moved in one copy."""

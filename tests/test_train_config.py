@@ -1,0 +1,154 @@
+"""The training commands' flags, their config dataclasses, config.json, and the fast defaults (no training)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from synctalk.cli import main
+from synctalk.errors import SyncTalkError
+
+
+def help_of(command: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "synctalk.cli", command, "--help"], cwd=REPO, capture_output=True,
+                       text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_each_command_lists_only_its_own_flags() -> None:
+    syncnet, unet = help_of("train-syncnet"), help_of("train-unet")
+    for flag in ("--pairs_per_epoch", "--hard_negatives", "--face_frames", "--audio_context", "--augment", "--reuse"):
+        assert flag in syncnet and flag not in unet
+    for flag in ("--syncnet ", "--perceptual", "--see_res", "--mask", "--save_dir", "--sync_weight"):
+        assert flag in unet and flag not in syncnet
+    for text in (syncnet, unet):  # the shared run options, with help from the field docs
+        assert "--continue_training" in text and "--keep_checkpoints" in text and "--av_offset" in text
+        assert "--gpu " not in text and "--train_syncnet" not in text and "--use_syncnet" not in text
+    assert "the critic of the sync loss" in unet
+
+
+def test_a_flag_of_the_other_command_is_an_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train-unet", "--name", "ann", "--pairs_per_epoch", "5"])
+    assert exc.value.code == 2 and "--pairs_per_epoch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train-syncnet", "--name", "ann", "--perceptual", "none"])
+    with pytest.raises(SystemExit):  # no abbreviations: --sync is not --sync_weight nor --syncnet
+        main(["train-unet", "--name", "ann", "--sync", "3"])
+
+
+def test_the_seed_flags_map_onto_the_two_commands() -> None:
+    import argparse
+
+    from synctalk.training.commands.legacy import add_arguments, plan
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+
+    def steps(*argv: str) -> list:
+        return plan(vars(p.parse_args(["--name", "ann", *argv])))
+
+    [(cmd, opts)] = steps("--train_syncnet", "--epochs", "3", "--perceptual", "none", "--syncnet_pairs_per_epoch", "0")
+    assert cmd == "train-syncnet" and opts["epochs"] == 3 and opts["pairs_per_epoch"] == 0
+    assert "perceptual" not in opts  # the UNet's flag is left out of the SyncNet step, as the seed ignored it
+    [(cmd, opts)] = steps("--use_syncnet", "--batchsize", "4", "--syncnet_pairs_per_epoch", "0", "--see_res")
+    assert cmd == "train-unet" and opts == {"name": "ann", "syncnet": "on", "batch_size": 4, "see_res": True}
+    assert steps("--no_syncnet")[0][1]["syncnet"] == "off"
+    assert steps("--syncnet_checkpoint", "x.pth")[0][1]["syncnet"] == "x.pth"
+    reuse = steps("--syncnet_checkpoint_path", "other.pth")
+    assert [c for c, _ in reuse] == ["train-syncnet", "train-unet"]
+    assert reuse[0][1]["reuse"] == "other.pth" and reuse[1][1]["syncnet"] == "other.pth"
+    with pytest.raises(SyncTalkError, match="contradict"):
+        steps("--use_syncnet", "--no_syncnet")
+
+
+def test_saved_options_fill_in_what_the_command_line_leaves_out() -> None:
+    from synctalk.training.config import UNetConfig, merge_config
+
+    saved = {"perceptual": "none", "epochs": 4, "width": "tiny", "mask": [5, 5, 315, 310], "asr": "mel",
+             "restart": True, "unknown_old_key": 1}
+    cfg = merge_config(UNetConfig, {"name": "ann", "epochs": 6}, saved)
+    assert cfg.perceptual == "none" and cfg.width == "tiny" and cfg.epochs == 6 and cfg.asr == "mel"
+    assert cfg.restart is False  # what to do this time comes from this command line only
+    # the same frozen value typed again is fine; a different one is one clear error
+    assert merge_config(UNetConfig, {"name": "ann", "mask": "5,5,315,310", "width": "tiny"}, saved).width == "tiny"
+    with pytest.raises(SyncTalkError, match=r"width 'tiny', but --width 'full'"):
+        merge_config(UNetConfig, {"name": "ann", "width": "full"}, saved, source="run/config.json")
+    with pytest.raises(SyncTalkError, match="--asr"):
+        merge_config(UNetConfig, {"name": "ann", "asr": "ave"}, saved)
+
+
+def test_load_run_config_reads_the_folder_the_file_or_a_checkpoint(tmp_path: Path) -> None:
+    from synctalk.training import load_run_config
+    from synctalk.training.checkpoint import save_checkpoint
+    from synctalk.training.config import write_run_config
+
+    run = tmp_path / "run"
+    assert load_run_config(run) == {}
+    cfg = {"kind": "unet", "options": {"perceptual": "none"}, "av_offset": {"frames": 2, "source": "x"}}
+    write_run_config(run, cfg)
+    assert load_run_config(run) == cfg == load_run_config(run / "config.json")
+    save_checkpoint(run / "checkpoint_best.pth", {"kind": "unet", "model": {}, "run_config": cfg})
+    assert load_run_config(run / "checkpoint_best.pth") == cfg
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(SyncTalkError, match="config.json"):
+        load_run_config(run)
+
+
+def test_auto_speed_is_the_fast_path_on_a_gpu_and_the_plain_one_on_a_cpu() -> None:
+    from synctalk.training.config import SyncNetConfig, UNetConfig
+    from synctalk.training.loop import resolve_speed
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    s = resolve_speed(UNetConfig(), cpu, 1, gpu_batch=32, cpu_batch=8, base_batch=8)
+    assert (s.amp, s.channels_last, s.compile, s.cuda_graphs, s.batch_size) == ("none", False, False, False, 8)
+    if torch.cuda.is_available():
+        s = resolve_speed(UNetConfig(), cuda, 1, gpu_batch=32, cpu_batch=8, base_batch=8)
+        assert s.channels_last and s.compile and s.cuda_graphs and s.batch_size == 32
+    s = resolve_speed(SyncNetConfig(batch_size=4, channels_last="yes", compile="yes"), cpu, 1, gpu_batch=128,
+                      cpu_batch=16, base_batch=16)
+    assert s.channels_last and s.compile and not s.cuda_graphs and s.batch_size == 4
+    with pytest.raises(SyncTalkError, match="one GPU"):
+        resolve_speed(UNetConfig(cuda_graphs="yes"), cpu, 2, gpu_batch=32, cpu_batch=8, base_batch=8)
+
+
+def test_av_offset_pairs_frame_i_with_the_audio_of_frame_i_minus_n(tmp_path: Path) -> None:
+    from synctalk.data import FrameData
+    from synctalk.layout import dataset_layout
+    from synctalk.state import PREPROCESSING, TrainingState
+    from synctalk.training.loop import resolve_av_offset
+
+    n = 40
+    crops = torch.zeros(n, 320, 320, 3, dtype=torch.uint8)
+    feats = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], 4, axis=1).repeat(80, axis=2)  # row i = i
+    plain = FrameData(crops, feats, "mel")
+    # a video whose lips move 3 frames after the sound: frame i's mouth was made by the sound of frame i - 3
+    shifted = FrameData(crops, feats, "mel", av_offset=3)
+    idx = torch.tensor([10, 20, 30])
+    torch.testing.assert_close(shifted.audio(idx), plain.audio(idx - 3))
+    torch.testing.assert_close(FrameData(crops, feats, "mel", av_offset=-2).audio(idx), plain.audio(idx + 2))
+    torch.testing.assert_close(shifted.audio(torch.tensor([0, 1])), plain.audio(torch.tensor([0, 0])))  # clamped
+
+    layout = dataset_layout(tmp_path, "ann")
+    layout.root.mkdir(parents=True)
+    assert resolve_av_offset("auto", layout) == (0, "none measured")
+    TrainingState(layout.state_file).update(PREPROCESSING, av_offset={"frames": 3, "source": "lipcheck"})
+    assert resolve_av_offset("auto", layout)[0] == 3 and "lipcheck" in resolve_av_offset("auto", layout)[1]
+    assert resolve_av_offset("-1", layout) == (-1, "--av_offset")
+    with pytest.raises(SyncTalkError, match="--av_offset"):
+        resolve_av_offset("soon", layout)
+
+
+def test_config_json_is_written_atomically_as_json(tmp_path: Path) -> None:
+    from synctalk.training.config import write_run_config
+
+    path = write_run_config(tmp_path / "r", {"options": {"epochs": 2}})
+    assert json.loads(path.read_text()) == {"options": {"epochs": 2}} and not list(path.parent.glob(".*tmp*"))

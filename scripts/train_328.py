@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""`synctalk train` with the seed's script name: --train_syncnet trains the SyncNet, otherwise the UNet-328."""
+"""The seed's training script: its flags map onto `synctalk train-syncnet` (--train_syncnet) or
+`synctalk train-unet` (otherwise); see synctalk/training/commands/legacy.py."""
 
 import sys
 from pathlib import Path

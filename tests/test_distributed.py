@@ -142,7 +142,9 @@ def test_syncnet_on_two_processes_writes_one_set_then_resumes_on_one(source, wor
     # rank 0 alone logs: each line once
     assert out.count("SyncNet epoch 1/2") == 1 and out.count("SyncNet epoch 2/2") == 1
     assert "batch 4 × 2 processes" in out
-    assert files_of(run_dir) == {"1.pth", "2.pth", "checkpoint_best.pth", "checkpoint_latest.pth"}
+    assert files_of(run_dir) == {"1.pth", "2.pth", "checkpoint_best.pth", "checkpoint_latest.pth", "config.json",
+                                 "tensorboard"}
+    assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
     ckpt = load(run_dir / "checkpoint_latest.pth")
     assert ckpt["epoch"] == 2 and ckpt["config"]["world_size"] == 2 and ckpt["config"]["global_batch_size"] == 8
     assert not any(k.startswith("module.") for k in ckpt["model"])  # the unwrapped network
@@ -175,7 +177,8 @@ def test_unet_resumes_from_one_to_two_processes_and_back(source, work, capsys) -
                      "--continue_training", "--epochs", "2", "--see_res"])
     assert out.count("resuming UNet of bea from epoch 1") == 1
     assert out.count("UNet epoch 2/2") == 1 and "UNet epoch 1/2" not in out
-    assert files_of(run_dir) == {"1.pth", "2.pth", "checkpoint_best.pth", "checkpoint_latest.pth", "previews"}
+    assert files_of(run_dir) == {"1.pth", "2.pth", "checkpoint_best.pth", "checkpoint_latest.pth", "previews",
+                                 "config.json", "tensorboard"}
     assert [p.name for p in (run_dir / "previews").iterdir()] == ["epoch_0002.png"]
     two = load(run_dir / "checkpoint_latest.pth")
     assert two["epoch"] == 2 and two["config"]["world_size"] == 2

@@ -152,3 +152,29 @@ def test_config_json_is_written_atomically_as_json(tmp_path: Path) -> None:
 
     path = write_run_config(tmp_path / "r", {"options": {"epochs": 2}})
     assert json.loads(path.read_text()) == {"options": {"epochs": 2}} and not list(path.parent.glob(".*tmp*"))
+
+
+def test_quick_is_a_preset_under_what_was_typed() -> None:
+    from synctalk.training.config import SyncNetConfig, UNetConfig, merge_config
+
+    sn = merge_config(SyncNetConfig, {"name": "ann", "quick": True})
+    assert (sn.width, sn.epochs, sn.pairs_per_epoch) == ("tiny", 2, 256)
+    un = merge_config(UNetConfig, {"name": "ann", "quick": True, "epochs": 5})
+    assert (un.width, un.epochs, un.perceptual) == ("tiny", 5, "none")
+    assert merge_config(UNetConfig, {"name": "ann"}, {"quick": True}).width == "tiny"  # a resumed quick run stays one
+    assert merge_config(UNetConfig, {"name": "ann"}).width is None
+
+
+def test_perceptual_auto_says_why_it_trains_without_vgg19(tmp_path: Path, capsys) -> None:
+    from synctalk.training.runtime import Distributed
+    from synctalk.training.unet import choose_perceptual
+    from synctalk.weights import find_model_file
+
+    if find_model_file("vgg19", tmp_path) is not None:
+        pytest.skip("VGG19 weights are installed on this machine")
+    assert choose_perceptual("auto", str(tmp_path), Distributed()) == ("none", None)
+    out = capsys.readouterr().out
+    assert "perceptual loss: none" in out and "synctalk models download vgg19" in out
+    with pytest.raises(SyncTalkError, match="vgg19"):
+        choose_perceptual("vgg19", str(tmp_path), Distributed())
+    assert choose_perceptual("none", None, Distributed()) == ("none", None)

@@ -3,11 +3,12 @@
 Stages (pick with --only):
 
 * unet      UNet-328 training samples/s with the training losses (L1 + VGG19 conv3_3 perceptual +
-            sync loss from a frozen SyncNet): the plain fp32 loop (batch 8, crops read from the
-            memory-mapped cache) against the fast path (uint8 crop cache resident on the device,
-            masking on the device, bf16 autocast, channels_last, fused Adam, optional torch.compile
-            (--compile) and CUDA graphs (--cuda_graphs, one process), a large batch with a scaled
-            learning rate, the loss read back only at the end). Both then train from the same
+            sync loss from a frozen SyncNet), timing the step of the task training runs
+            (synctalk.training.unet.UNetTask.step): the plain fp32 path (batch 8, crops read from
+            the memory-mapped cache) against the fast path (uint8 crop cache resident on the device,
+            masking on the device, bf16 autocast, channels_last, optional torch.compile (--compile)
+            and CUDA graphs (--cuda_graphs, one process), a large batch with a scaled learning rate,
+            the loss read back only at the end); fused Adam on CUDA for both, as in training. Both then train from the same
             initial weights for the same number of samples and are scored on the held-out tail
             (L1), so speed is not bought with quality.
 * syncnet   SyncNet training samples/s, plain and fast path.

@@ -84,6 +84,8 @@ def test_saved_options_fill_in_what_the_command_line_leaves_out() -> None:
         merge_config(UNetConfig, {"name": "ann", "width": "full"}, saved, source="run/config.json")
     with pytest.raises(SyncTalkError, match="--asr"):
         merge_config(UNetConfig, {"name": "ann", "asr": "ave"}, saved)
+    # "auto" typed again means "as the run was": the saved resolved offset stays
+    assert merge_config(UNetConfig, {"name": "ann", "av_offset": "auto"}, {"av_offset": 3}).av_offset == 3
 
 
 def test_load_run_config_reads_the_folder_the_file_or_a_checkpoint(tmp_path: Path) -> None:
@@ -142,7 +144,7 @@ def test_av_offset_pairs_frame_i_with_the_audio_of_frame_i_minus_n(tmp_path: Pat
     assert resolve_av_offset("auto", layout) == (0, "none measured")
     TrainingState(layout.state_file).update(PREPROCESSING, av_offset={"frames": 3, "source": "lipcheck"})
     assert resolve_av_offset("auto", layout)[0] == 3 and "lipcheck" in resolve_av_offset("auto", layout)[1]
-    assert resolve_av_offset("-1", layout) == (-1, "--av_offset")
+    assert resolve_av_offset("-1", layout)[0] == -1
     with pytest.raises(SyncTalkError, match="--av_offset"):
         resolve_av_offset("soon", layout)
 

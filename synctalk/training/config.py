@@ -262,8 +262,9 @@ def merge_config(cls: type, explicit: Mapping[str, Any], saved: Mapping[str, Any
         values.update(cls.QUICK)  # the preset's sizes, under whatever was saved or typed
     if saved:
         for key in frozen_keys(cls):
-            if key in explicit and saved.get(key) is not None and explicit[key] is not None \
-                    and _norm(explicit[key]) != _norm(saved[key]):
+            typed = explicit.get(key)
+            if typed is not None and typed != "auto" and saved.get(key) is not None \
+                    and _norm(typed) != _norm(saved[key]):
                 flag = flag_names(config_field(cls, key))[0]
                 raise SyncTalkError(
                     f"{source or 'the saved run config'} was trained with {key} {saved[key]!r}, but {flag} "
@@ -272,6 +273,9 @@ def merge_config(cls: type, explicit: Mapping[str, Any], saved: Mapping[str, Any
                 )
         values.update({k: v for k, v in saved.items() if k in names})
     values.update({k: v for k, v in explicit.items() if k in names})
+    for key in frozen_keys(cls):  # "auto" typed again on a resume means "as the run was"
+        if values.get(key) == "auto" and saved and saved.get(key) not in (None, "auto"):
+            values[key] = saved[key]
     # what says where and what to do this time always comes from the command line
     for key in ("continue_training", "restart", "gpus", "device", "progress"):
         values[key] = explicit.get(key, defaults(cls)[key])

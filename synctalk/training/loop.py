@@ -86,7 +86,7 @@ def resolve_av_offset(value: str | int | None, layout: DatasetLayout) -> tuple[i
     text = "auto" if value is None else str(value).strip()
     if text != "auto":
         try:
-            return int(text), "--av_offset"
+            return int(text), "--av_offset or the run's config.json"
         except ValueError:
             raise SyncTalkError(f"--av_offset must be auto or a whole number of frames, got {value!r}") from None
     sec = TrainingState(layout.state_file).section(PREPROCESSING) if layout.state_file.exists() else {}

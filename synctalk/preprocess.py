@@ -21,6 +21,7 @@ import numpy as np
 from . import media
 from .audio.registry import ASR_MODELS, FPS, SAMPLE_RATE, get_spec
 from .errors import SyncTalkError
+from .faces.lms import load_all_landmarks, read_landmarks, write_landmarks  # noqa: F401  (public here too)
 from .fileio import atomic_path, cleanup_temporaries, save_npy_atomic, write_bytes_atomic, write_json_atomic
 from .layout import DatasetLayout, dataset_layout
 from .state import TrainingState
@@ -70,22 +71,6 @@ class PreprocessResult:
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     lip_activity: dict = field(default_factory=dict)  # synctalk.lipcheck: can lip sync be learnt from it?
-
-
-def write_landmarks(path: Path, points: np.ndarray) -> None:
-    """Write one .lms file: one 'x y' line per point, full-frame pixels."""
-    text = "\n".join(f"{x:.2f} {y:.2f}" for x, y in points) + "\n"
-    write_bytes_atomic(path, text.encode("ascii"))
-
-
-def read_landmarks(path: Path) -> np.ndarray:
-    """Read one .lms file into a (P, 2) float32 array."""
-    return np.loadtxt(path, dtype=np.float32, ndmin=2)
-
-
-def load_all_landmarks(layout: DatasetLayout, count: int) -> np.ndarray:
-    """All landmark files of a dataset as (N, P, 2) float32."""
-    return np.stack([read_landmarks(layout.landmark_path(i)) for i in range(count)])
 
 
 def _check_options(opts: PreprocessOptions) -> DatasetLayout:

@@ -343,11 +343,13 @@ def _lip_activity(opts: PreprocessOptions, layout: DatasetLayout, count: int, st
     if not (sec.get("landmarks_done") and sec.get("audio_done") and layout.audio_wav.exists()):
         return
     fresh = {"landmarks", "audio"} & set(result.done_now)
-    if sec.get("lip_activity") and not fresh:
+    if sec.get("lip_activity") and "av_offset" in sec and not fresh:
         result.lip_activity = dict(sec["lip_activity"])
         return
     result.lip_activity = lipcheck.check_dataset(layout, count, opts.fps)
-    state.update("preprocessing", lip_activity=result.lip_activity)
+    # the video's own A/V offset (+N: lips N frames after the sound), read by training's --av_offset auto
+    av_offset = result.lip_activity.pop("av_offset", None)
+    state.update("preprocessing", lip_activity=result.lip_activity, av_offset=av_offset)
     text = lipcheck.warning_text(opts.name, result.lip_activity, opts.video_path)
     if text:
         print(text, flush=True)

@@ -12,10 +12,17 @@ Two numbers from the preprocessed dataset (landmarks and aud.wav, nothing else):
   deviation divided by its mean. Speech moves it a lot (0.51-0.83 on the fixture clips); 0.06 on
   sun.mp4, whose lips stay still.
 * `audio_corr` — the best Pearson correlation of that opening with the per-frame loudness (log RMS
-  of the speech) over lags of up to ±`MAX_LAG` frames (the mouth may lead or trail the sound a
-  little). 0.14-0.58 on the fixture clips; -0.03 on sun.mp4.
+  of the speech in a one-frame window centred on the frame's time) over lags of up to ±`MAX_LAG`
+  frames. 0.14-0.58 on the fixture clips; -0.03 on sun.mp4.
 
 Clips shorter than MIN_FRAMES get the numbers but no verdict: a few syllables decide them.
+
+The same correlation, taken on the speech (voice activity, widened a little so onsets and closures
+count) after both series lose their slow drift (head pose, level changes), gives the video's own
+A/V offset: `estimate_av_offset` searches ±`MAX_OFFSET` frames and refines the peak to a fraction
+of a frame. Its sign: a positive offset N means the lips move N frames AFTER the sound (the video
+lags its audio; the opening at frame t follows the loudness at t - N). Preprocessing stores it as
+`state["preprocessing"]["av_offset"] = {"frames": N, "source": "lips", "corr": r, "subframe": x}`.
 """
 
 from __future__ import annotations
@@ -25,22 +32,30 @@ from typing import Any
 
 import numpy as np
 
+from .constants import SAMPLE_RATE
 from .layout import DatasetLayout
 
-MAX_LAG = 3  # frames either way
+MAX_LAG = 8  # frames either way: real recordings carry offsets of a few frames (GRID: about 3)
+MAX_OFFSET = 8  # the A/V offset search, frames either way
+DETREND_FRAMES = 25  # drift slower than a second is not lip motion
+SPEECH_MARGIN_FRAMES = 4  # frames around the speech that still count (the lips open before the sound)
+MIN_OFFSET_FRAMES = 50  # fewer speech frames than this give no offset
 MIN_FRAMES = 100  # 4 s at 25 fps: on shorter clips a few syllables decide both numbers, so no verdict
 MIN_APERTURE_CV = 0.2
 MIN_AUDIO_CORR = 0.1
-SAMPLE_RATE = 16000
 
 
 def frame_loudness(audio: np.ndarray, frames: int, fps: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """(frames,) log RMS of the audio in each video frame's span (silence floored at 1e-4)."""
+    """(frames,) log RMS of the audio in a one-frame window centred on each frame's time i/fps (floored at 1e-4).
+
+    Centred, because frame i shows the face at time i/fps: a window starting there would read the
+    sound half a frame late and bias every lag by +0.5.
+    """
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     per = sample_rate / float(fps)
     out = np.full(frames, np.log(1e-4), np.float32)
     for i in range(frames):
-        seg = audio[int(round(i * per)):int(round((i + 1) * per))]
+        seg = audio[max(int(round((i - 0.5) * per)), 0):max(int(round((i + 0.5) * per)), 0)]
         if seg.size:
             out[i] = np.log(max(float(np.sqrt(np.mean(seg.astype(np.float64) ** 2))), 1e-4))
     return out
@@ -48,15 +63,52 @@ def frame_loudness(audio: np.ndarray, frames: int, fps: float, sample_rate: int 
 
 def lagged_corr(x: np.ndarray, y: np.ndarray, max_lag: int = MAX_LAG) -> tuple[float, int]:
     """The highest Pearson correlation of x[t] with y[t - lag] over |lag| <= max_lag, and that lag."""
-    from .evaluate import pearson
+    from .evaluate.metrics import lag_profile
 
-    best, best_lag = float("nan"), 0
+    profile = lag_profile(x, y, max_lag)
+    finite = {k: v for k, v in profile.items() if v is not None}
+    if not finite:
+        return float("nan"), 0
+    lag = max(finite, key=lambda k: (finite[k], -abs(k)))
+    return finite[lag], lag
+
+
+def detrend(x: np.ndarray, frames: int = DETREND_FRAMES) -> np.ndarray:
+    """x minus its moving average over `frames` (edges averaged over what exists)."""
+    x = np.asarray(x, np.float64)
+    if len(x) == 0:
+        return x
+    k = np.ones(min(frames, len(x)))
+    mean = np.convolve(x, k, mode="same") / np.convolve(np.ones(len(x)), k, mode="same")
+    return x - mean
+
+
+def estimate_av_offset(apertures: np.ndarray, loudness: np.ndarray, speech: np.ndarray | None = None,
+                       max_lag: int = MAX_OFFSET) -> dict[str, Any] | None:
+    """The video's own A/V offset from lips and loudness: {"frames", "subframe", "corr"}, or None.
+
+    Positive = the lips move that many frames after the sound. Pairs (opening[t], loudness[t-lag])
+    count where frame t-lag is speech (±SPEECH_MARGIN_FRAMES); the peak of the correlation over lags
+    is refined by a parabola through it and its neighbours.
+    """
+    from .evaluate.metrics import lag_profile, peak_lag
+
+    x = detrend(apertures)
+    y = detrend(loudness)
     n = min(len(x), len(y))
-    for lag in range(-max_lag, max_lag + 1):
-        c = pearson(x[max(0, lag):n + min(0, lag)], y[max(0, -lag):n - max(0, lag)])
-        if c is not None and (not np.isfinite(best) or c > best):
-            best, best_lag = c, lag
-    return best, best_lag
+    x, y = x[:n], y[:n]
+    mask = np.ones(n, bool)
+    if speech is not None:
+        s = np.asarray(speech, bool)[:n]
+        mask = np.convolve(s.astype(np.float64), np.ones(2 * SPEECH_MARGIN_FRAMES + 1), mode="same") > 0.5
+    if mask.sum() < MIN_OFFSET_FRAMES:
+        return None
+    profile = lag_profile(x, y, max_lag, mask_y=mask)
+    peak = peak_lag(profile)
+    if peak is None:
+        return None
+    return {"frames": int(round(peak["subframe"])), "subframe": round(float(peak["subframe"]), 3),
+            "corr": round(float(peak["corr"]), 4)}
 
 
 def lip_activity(apertures: np.ndarray, loudness: np.ndarray) -> dict[str, Any]:
@@ -82,15 +134,27 @@ def lip_activity(apertures: np.ndarray, loudness: np.ndarray) -> dict[str, Any]:
 
 
 def check_dataset(layout: DatasetLayout, frames: int, fps: float) -> dict[str, Any]:
-    """lip_activity of a preprocessed person (landmarks and aud.wav must exist)."""
+    """lip_activity of a preprocessed person (landmarks and aud.wav must exist), with its `av_offset`."""
     from . import media
+    from .faces.lms import load_all_landmarks
     from .faces.topology import topology_for_points
-    from .preprocess import load_all_landmarks
 
     lms = load_all_landmarks(layout, frames)
     apertures = topology_for_points(lms.shape[1]).mouth_aperture(lms)
-    loudness = frame_loudness(media.load_audio(layout.audio_wav, SAMPLE_RATE), len(apertures), fps)
-    return lip_activity(apertures, loudness)
+    return check_signals(apertures, media.load_audio(layout.audio_wav, SAMPLE_RATE), fps)
+
+
+def check_signals(apertures: np.ndarray, audio: np.ndarray, fps: float,
+                  sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
+    """lip_activity of mouth openings and their 16 kHz audio, plus `av_offset` (None when unmeasurable)."""
+    from .render.silence import voice_activity
+
+    loudness = frame_loudness(audio, len(apertures), fps, sample_rate)
+    result = lip_activity(apertures, loudness)
+    speech = voice_activity(audio, len(apertures), sample_rate, int(round(fps)))
+    offset = estimate_av_offset(apertures, loudness, speech)
+    result["av_offset"] = None if offset is None else {"source": "lips", **offset}
+    return result
 
 
 def warning_text(name: str, result: dict[str, Any], video: Path | str | None = None) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 from . import media
 from .audio.registry import ASR_MODELS, FPS, SAMPLE_RATE, get_spec
 from .errors import SyncTalkError
+from .faces.lms import load_all_landmarks, read_landmarks, write_landmarks  # noqa: F401  (public here too)
 from .fileio import atomic_path, cleanup_temporaries, save_npy_atomic, write_bytes_atomic, write_json_atomic
 from .layout import DatasetLayout, dataset_layout
 from .state import TrainingState
@@ -70,22 +71,6 @@ class PreprocessResult:
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     lip_activity: dict = field(default_factory=dict)  # synctalk.lipcheck: can lip sync be learnt from it?
-
-
-def write_landmarks(path: Path, points: np.ndarray) -> None:
-    """Write one .lms file: one 'x y' line per point, full-frame pixels."""
-    text = "\n".join(f"{x:.2f} {y:.2f}" for x, y in points) + "\n"
-    write_bytes_atomic(path, text.encode("ascii"))
-
-
-def read_landmarks(path: Path) -> np.ndarray:
-    """Read one .lms file into a (P, 2) float32 array."""
-    return np.loadtxt(path, dtype=np.float32, ndmin=2)
-
-
-def load_all_landmarks(layout: DatasetLayout, count: int) -> np.ndarray:
-    """All landmark files of a dataset as (N, P, 2) float32."""
-    return np.stack([read_landmarks(layout.landmark_path(i)) for i in range(count)])
 
 
 def _check_options(opts: PreprocessOptions) -> DatasetLayout:
@@ -358,11 +343,13 @@ def _lip_activity(opts: PreprocessOptions, layout: DatasetLayout, count: int, st
     if not (sec.get("landmarks_done") and sec.get("audio_done") and layout.audio_wav.exists()):
         return
     fresh = {"landmarks", "audio"} & set(result.done_now)
-    if sec.get("lip_activity") and not fresh:
+    if sec.get("lip_activity") and "av_offset" in sec and not fresh:
         result.lip_activity = dict(sec["lip_activity"])
         return
     result.lip_activity = lipcheck.check_dataset(layout, count, opts.fps)
-    state.update("preprocessing", lip_activity=result.lip_activity)
+    # the video's own A/V offset (+N: lips N frames after the sound), read by training's --av_offset auto
+    av_offset = result.lip_activity.pop("av_offset", None)
+    state.update("preprocessing", lip_activity=result.lip_activity, av_offset=av_offset)
     text = lipcheck.warning_text(opts.name, result.lip_activity, opts.video_path)
     if text:
         print(text, flush=True)

@@ -25,6 +25,19 @@ def _lip_detail(check: dict | None) -> str:
     return f"lip opening varies {check.get('aperture_cv', 0):.0%}, follows the audio r={corr if corr is None else round(corr, 2)}"
 
 
+def _av_offset_mark(pre: dict) -> tuple[str, str]:
+    """(state, detail) of the video's own A/V offset (+N: the lips move N frames after the sound)."""
+    if "av_offset" not in pre:
+        return "[dim]–[/]", ""
+    off = pre.get("av_offset")
+    if not isinstance(off, dict) or "frames" not in off:
+        return "[dim]–[/]", "not measured (too little speech)"
+    n = int(off["frames"])
+    when = "in sync" if n == 0 else (f"lips {n} frames after the sound" if n > 0 else f"lips {-n} frames before the sound")
+    return ("[green]0[/]" if n == 0 else f"[yellow]{n:+d}[/]"), (
+        f"{n:+d} frames ({when}), from the {off.get('source', '?')}, r={off.get('corr')}")
+
+
 def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[list[tuple[str, str, str]], str]:
     """(step, state, detail) rows and the next command to run."""
     layout = dataset_layout(dataset_dir, name)
@@ -48,6 +61,7 @@ def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[lis
         ("features", mark(bool(pre.get("feature_files"))), ", ".join(sorted(pre.get("feature_files") or {}))),
         ("crop cache", mark(bool(pre.get("crop_cache_done"))), pre.get("crop_cache", "")),
         ("lip activity", _lip_mark(pre.get("lip_activity")), _lip_detail(pre.get("lip_activity"))),
+        ("A/V offset", *_av_offset_mark(pre)),
         ("syncnet", mark(bool(syn.get("completed"))),
          f"{syn.get('epochs', 0)} epochs, asr {syn.get('asr', '?')}" + (f", from {syn['reused_from']}" if syn.get("reused_from") else "")),
         ("unet", mark(bool(main.get("completed"))), f"{main.get('epochs', 0)} epochs, {len(main.get('checkpoints') or [])} checkpoints"),

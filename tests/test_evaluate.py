@@ -105,6 +105,9 @@ def test_eval_command_scores_the_held_out_tail_and_writes_json(person, tmp_path,
     for key in ("jitter_ratio", "sharpness_ratio", "opening_range_ratio"):
         assert m[key] is None or m[key] >= 0
     assert len(data["series"]["aperture_real"]) == len(val)
+    assert sorted(int(k) for k in data["lag_profile"]) == list(range(-5, 6))
+    assert m["lag_peak"] is None or -5 <= m["lag_peak"] <= 5
+    assert "lag profile" in printed
 
 
 def test_eval_without_a_model_is_a_clear_error(person, capsys):
@@ -114,3 +117,109 @@ def test_eval_without_a_model_is_a_clear_error(person, capsys):
                str(person.root / "nowhere"), "--device", "cpu", "--no_progress"])
     assert rc == 1
     assert "no trained model" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- lag profile, silence, cross-sentence
+
+
+def test_lag_profile_sign_peak_and_subframe():
+    from synctalk.evaluate import lag_profile, peak_lag
+
+    rng = np.random.default_rng(1)
+    real = np.convolve(rng.standard_normal(400), np.ones(3) / 3, mode="same")
+    late = np.roll(real, 2)  # generated[t] = real[t - 2]: two frames late
+    prof = lag_profile(late, real)
+    assert sorted(prof) == list(range(-5, 6))
+    peak = peak_lag(prof)
+    assert peak["lag"] == 2 and peak["corr"] > 0.95 and abs(peak["subframe"] - 2) < 0.2
+    assert peak_lag(lag_profile(np.roll(real, -3), real))["lag"] == -3
+    # half a frame late (linear interpolation): the parabola puts the peak between 0 and 1
+    half = 0.5 * (real + np.roll(real, 1))
+    assert 0.2 < peak_lag(lag_profile(half, real))["subframe"] < 0.8
+    assert peak_lag(lag_profile(np.ones(50), real[:50])) is None
+
+
+def test_score_series_silence_figures():
+    from synctalk.evaluate import score_series
+
+    rng = np.random.default_rng(2)
+    n = 200
+    speech = np.ones(n, bool)
+    speech[50:100] = False
+    real = np.where(speech, 0.2 + 0.1 * np.sin(np.arange(n) / 2.0), 0.02).astype(np.float32)
+    real_pts = np.zeros((n, 2, 2), np.float32)
+    real_pts[:, 0, 1] = real * 100
+    gen = real.copy()
+    gen[50:100] = 0.06 + 0.03 * rng.standard_normal(50)  # a restless, half-open mouth in the pause
+    gen_pts = np.zeros_like(real_pts)
+    gen_pts[:, 0, 1] = gen * 100
+    m, prof = score_series(real, gen, np.roll(real, 25), real_pts, gen_pts, speech)
+    assert m["silence_frames"] == 50
+    assert m["silence_opening_real"] == pytest.approx(0.02)
+    assert m["silence_opening_generated"] == pytest.approx(0.06, abs=0.01)
+    assert m["silence_opening_gap"] > 0.1  # 0.04 off, the real speaking range is about 0.2
+    assert m["silence_jitter_ratio"] is None  # the real mouth is perfectly still: no ratio to 0
+    m2, _ = score_series(real, real, None, real_pts, real_pts, speech)
+    assert m2["silence_opening_gap"] == 0 and m2["lag_peak"] == 0 and m2["sync_corr"] == pytest.approx(1)
+    assert m2["sync_corr_shifted"] is None and m2["mean_opening_ratio"] == pytest.approx(1)
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> SimpleNamespace:
+    from helpers_render import synthetic_person
+
+    return synthetic_person(tmp_path_factory)
+
+
+def test_eval_peaks_at_lag_0_on_the_tail_and_on_another_recording(syn):
+    """The clip whose mouth is known, scored by `evaluate` with an oracle UNet: lag 0 on its held-out
+    tail and on a second recording (the infer path), -1 for an oracle one frame late; the resting
+    mouth in pauses is as closed and as still as the real one."""
+    from helpers_render import BrightnessMeter, oracle_generator
+
+    from synctalk.evaluate import evaluate
+
+    meter = BrightnessMeter()
+    for ref in (None, syn.reference):
+        res = evaluate(syn.name, dataset_dir=syn.dataset_dir, generator=oracle_generator(syn.layout), meter=meter,
+                       val_fraction=0.5, reference_video=ref, progress=False)
+        m = res.metrics
+        assert m["lag_peak"] == 0 and abs(m["lag_peak_subframe"]) < 0.25, res.lag_profile
+        assert m["sync_corr"] > 0.9 and m["sync_corr_shifted"] < 0.3
+        assert res.lag_profile[0] > res.lag_profile[1] and res.lag_profile[0] > res.lag_profile[-1]
+        assert m["silence_frames"] > 20 and m["silence_opening_gap"] < 0.1 and m["silence_jitter_ratio"] <= 1
+        if ref is None:
+            assert res.info["mode"] == "held_out" and m["psnr_mouth"] > 20
+            assert res.frames[0] == syn.frames // 2
+        else:
+            assert res.info["mode"] == "reference" and m["psnr_mouth"] is None and m["ssim_mouth"] is None
+            assert len(res.frames) == 150 and res.info["reference_av_offset"]["frames"] == 0
+    late = evaluate(syn.name, dataset_dir=syn.dataset_dir, generator=oracle_generator(syn.layout, 36), meter=meter,
+                    val_fraction=0.5, progress=False)
+    assert late.metrics["lag_peak"] == -1
+
+
+def test_eval_command_cross_sentence_on_a_real_recording(person, tmp_path, capsys):
+    """--reference_video: the speech of a (here: 2 s of the person's own) recording rendered as infer
+    renders it and scored against its real mouth with real landmarks."""
+    import subprocess
+
+    from synctalk import media
+    from synctalk.cli import main
+
+    from conftest import MODELS, VIDEOS
+
+    ref = tmp_path / "ref.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-loglevel", "error", "-y", "-ss", "1", "-i", str(VIDEOS / "clip2.mp4"),
+                    "-t", "2", "-c:v", "libx264", "-c:a", "aac", str(ref)], check=True)
+    out = tmp_path / "cross.json"
+    rc = main(["eval", "--name", NAME, "--dataset_dir", str(person.dataset_dir), "--checkpoint_dir",
+               str(person.checkpoint_dir), "--device", "cpu", "--models_dir", str(MODELS), "--json", str(out),
+               "--reference_video", str(ref), "--no_progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "speech of" in printed and "lag profile" in printed
+    data = json.loads(out.read_text())
+    assert data["mode"] == "reference" and data["reference"]["frames"] == 50
+    assert data["metrics"]["psnr_mouth"] is None and data["landmarker"] == "dlib"
+    assert len(data["series"]["aperture_generated"]) == 50

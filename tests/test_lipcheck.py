@@ -62,6 +62,10 @@ def test_preprocessing_flags_a_video_whose_lips_do_not_follow_its_speech(tmp_pat
     assert "warning" not in clip_out
     saved = TrainingState(sun.layout.state_file).section("preprocessing")["lip_activity"]
     assert saved == sun.lip_activity
+    # the clip's own A/V offset, beside it (None where it cannot be measured)
+    offset = TrainingState(clip.layout.state_file).section("preprocessing")["av_offset"]
+    assert offset is None or (offset["source"] == "lips" and abs(offset["frames"]) <= lipcheck.MAX_OFFSET)
+    assert "av_offset" in TrainingState(sun.layout.state_file).section("preprocessing")
     # a rerun reads it back instead of measuring again, and says nothing new
     again = preprocess_video(PreprocessOptions(video_path=tmp_path / "sun.mp4", name="sun",
                                                dataset_dir=tmp_path / "dataset", asr_model="mel", landmarker="dlib",
@@ -73,3 +77,37 @@ def test_preprocessing_flags_a_video_whose_lips_do_not_follow_its_speech(tmp_pat
     rows, _ = status_rows(tmp_path / "dataset", tmp_path / "checkpoint", "sun")
     lip = [r for r in rows if r[0] == "lip activity"][0]
     assert "no sync to learn" in lip[1]
+    rows, _ = status_rows(tmp_path / "dataset", tmp_path / "checkpoint", "clip3")
+    av = [r for r in rows if r[0] == "A/V offset"][0]
+    assert ("frames" in av[2] and "lips" in av[2]) if offset else "not measured" in av[2]
+
+
+def test_av_offset_sign_range_and_subframe_on_made_up_signals() -> None:
+    """+N = the lips move N frames after the sound; found up to ±8 frames, to a fraction of a frame,
+    on the speech only (a long silence with a still mouth does not pull it)."""
+    rng = np.random.default_rng(0)
+    n = 1500
+    loud = np.convolve(rng.standard_normal(n + 20), np.ones(4) / 4, mode="same")
+    speech = np.ones(n, bool)
+    speech[600:900] = False
+    loud[600:900] = -3.0
+    for lag in (6, -5, 3, 0):
+        lips = np.roll(loud, lag)[:n] + 0.1 * rng.standard_normal(n)  # opening[t] = loudness[t - lag]
+        off = lipcheck.estimate_av_offset(lips, loud[:n], speech)
+        assert off["frames"] == lag and abs(off["subframe"] - lag) < 0.3 and off["corr"] > 0.8
+    # a lag between frames: the opening follows the loudness 2.5 frames late
+    half = 0.5 * (np.roll(loud, 2) + np.roll(loud, 3))[:n]
+    off = lipcheck.estimate_av_offset(half, loud[:n], speech)
+    assert off["frames"] in (2, 3) and 2.2 < off["subframe"] < 2.8
+    assert lipcheck.estimate_av_offset(loud[:40], loud[:40]) is None  # too few frames to say
+
+
+def test_check_signals_reports_the_offset_of_a_clip_whose_mouth_is_known(tmp_path_factory) -> None:
+    """The synthetic clip (mouth brightness = loudness at each frame's instant), through the real
+    frame/audio extraction: its A/V offset is 0, from the stored landmarks and aud.wav."""
+    from helpers_render import synthetic_person
+
+    syn = synthetic_person(tmp_path_factory)
+    r = lipcheck.check_dataset(syn.layout, syn.frames, 25)
+    assert r["av_offset"]["frames"] == 0 and r["av_offset"]["source"] == "lips" and r["av_offset"]["corr"] > 0.8
+    assert abs(r["av_offset"]["subframe"]) < 0.3 and r["audio_lag_frames"] == 0

@@ -100,16 +100,20 @@ def test_mouth_is_redrawn_in_the_box_and_the_rest_is_the_avatar(person, rendered
 def test_cli_loop_back_ends_on_the_start_frame_and_silence_shows_real_frames(person):
     from synctalk.cli import main
 
-    # 0.6 s silence, 1.2 s speech, 0.6 s silence: 60 frames; real frames at both ends
+    # 0.6 s silence, 1.2 s speech, 0.6 s silence: 60 frames; real frames at both ends (--no_silence)
     audio = np.concatenate([np.zeros(int(0.6 * SR), np.float32), speech(1.2), np.zeros(int(0.6 * SR), np.float32)])
     wav = write_wav(person.root / "quiet_ends.wav", audio)
-    out = person.root / "loop.mp4"
-    rc = main(["infer", "--name", NAME, "--audio_path", str(wav), "--output", str(out), "--start_frame", "100",
-               "--loop_back", "--dataset_dir", str(person.dataset_dir), "--checkpoint_dir",
-               str(person.checkpoint_dir), "--device", "cpu", "--batch_size", "8", "--no_progress"])
-    assert rc == 0
-    frames = read_video(out)
-    assert len(frames) == math.ceil(2.4 * 25) == 60
+    outs = {}
+    for flag in ("--no_silence", None):
+        out = person.root / f"loop{flag or ''}.mp4"
+        rc = main(["infer", "--name", NAME, "--audio_path", str(wav), "--output", str(out), "--start_frame", "100",
+                   "--loop_back", "--dataset_dir", str(person.dataset_dir), "--checkpoint_dir",
+                   str(person.checkpoint_dir), "--device", "cpu", "--batch_size", "8", "--no_progress"]
+                  + ([flag] if flag else []))
+        assert rc == 0
+        outs[flag] = read_video(out)
+        assert len(outs[flag]) == math.ceil(2.4 * 25) == 60
+    frames = outs["--no_silence"]
     # first and last output frames both show avatar frame 100, untouched (silence): no more change in
     # the face box than the encoder makes elsewhere
     for f in (frames[0], frames[-1]):
@@ -123,6 +127,13 @@ def test_cli_loop_back_ends_on_the_start_frame_and_silence_shows_real_frames(per
     mid = 30
     inside, outside = diff_inside_outside(frames[mid], real_frame(person, int(src[mid])), box_of(person, int(src[mid])))
     assert inside > 3 * outside + 5
+    # with the silence handling (the default) the silent ends get the resting mouth instead: generated
+    # (the face box changes) yet the loop still ends on the very frame it began with
+    rest = outs[None]
+    inside, outside = diff_inside_outside(rest[0], real_frame(person, 100), box_of(person, 100))
+    assert outside < 3.0 and inside > outside + 2.0
+    assert np.abs(rest[0].astype(np.float32) - rest[-1].astype(np.float32)).mean() < 1.0
+    assert np.abs(rest[mid].astype(np.float32) - frames[mid].astype(np.float32)).mean() < 1.0  # speech: the same
 
 
 # ---------------------------------------------------------------- pieces
@@ -295,3 +306,105 @@ def test_generator_padding_and_micro_batches_do_not_change_frames(person):
     real = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
     assert torch.equal(plain[:, :, :4], real[:, :, :4])
     assert not torch.allclose(plain[:, :, 100:200, 100:200], real[:, :, 100:200, 100:200], atol=0.02)
+
+
+# ---------------------------------------------------------------- lag 0 end to end, silence
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> SimpleNamespace:
+    from helpers_render import synthetic_person
+
+    return synthetic_person(tmp_path_factory)
+
+
+def test_infer_shows_at_frame_t_the_mouth_of_the_audio_at_t(syn, tmp_path):
+    """A clip whose mouth brightness is the loudness at each frame's instant, rendered through
+    `render` (features, audio windows, paste-back, MP4 writing) by an oracle UNet that paints the
+    loudness of the middle of its audio window: the written MP4's mouth must peak at lag 0 against
+    the real recording of that speech. An oracle reading one frame later must show as −1."""
+    from helpers_render import BrightnessMeter, oracle_generator
+
+    from synctalk import media
+    from synctalk.evaluate import lag_profile, peak_lag
+    from synctalk.render import render
+
+    meter = BrightnessMeter()
+    real = meter.openings(meter.measure(read_video(syn.reference))[0])
+    peaks = {}
+    for column in (None, 36):  # the window's middle (time t), and 4 mel columns = one frame later
+        out = tmp_path / f"oracle_{column}.mp4"
+        res = render(syn.name, syn.reference, out, dataset_dir=syn.dataset_dir, generator=oracle_generator(
+            syn.layout, column), progress=False)
+        frames = read_video(out)
+        assert res.frames == len(frames) == len(real) == 150
+        assert media.probe(out).has_audio
+        generated = meter.openings(meter.measure(frames)[0])
+        peaks[column] = peak_lag(lag_profile(generated, real))
+    assert peaks[None]["lag"] == 0 and abs(peaks[None]["subframe"]) < 0.25 and peaks[None]["corr"] > 0.9
+    assert peaks[36]["lag"] == -1  # the test sees a one-frame error
+
+
+def test_voice_activity_finds_the_pauses_of_real_speech():
+    from synctalk import media
+    from synctalk.render import pauses, voice_activity
+    from synctalk.render.silence import centred_rms
+
+    from conftest import SHARED
+
+    audio = media.load_audio(SPEECH_WAV)
+    n = math.ceil(audio.size / 640)
+    active = voice_activity(audio, n)
+    found = pauses(active)
+    assert 0.6 < active.mean() < 0.95 and len(found) >= 6
+    assert all(b - a >= 8 for a, b in found)  # 0.3 s at 25 fps
+    db = 20 * np.log10(np.maximum(centred_rms(audio, n), 1e-8))
+    speech_level = np.median(db[active])
+    for a, b in found:  # a pause is far quieter than the speech around it
+        assert np.median(db[a:b]) < speech_level - 15
+    # GRID: 30 sentences in 90 s, each with silence before and after
+    grid = media.load_audio(SHARED / "fixtures" / "real" / "grid_s1_unseen_90s.mp4")
+    g = pauses(voice_activity(grid, math.ceil(grid.size / 640)))
+    assert len([p for p in g if p[1] - p[0] >= 20]) >= 25
+
+
+def test_rest_weights_cover_pauses_with_ramps_and_leave_speech_alone():
+    from synctalk.render import rest_weights
+
+    active = np.ones(60, bool)
+    active[:10] = False  # leading silence: resting mouth from the first frame
+    active[25:45] = False  # a 20-frame pause inside the speech
+    active[50:55] = False  # 5 frames: too short to rest
+    w = rest_weights(active)
+    assert (w[:4] == 1).all() and (np.diff(w[:10]) <= 0).all() and 0 < w[7] < 1
+    assert (w[8:25] == 0).all()  # the lips open a little before the sound starts
+    assert w[25] == w[26] == 0 and w[43] == w[44] == 0  # ... and close a little after it ends
+    inner = w[27:43]
+    assert (inner > 0).all() and (inner[6:10] == 1).all()
+    assert (np.diff(inner[:5]) > 0).all() and (np.diff(inner[-5:]) < 0).all()  # cross-fades, not cuts
+    assert (w[45:] == 0).all()
+
+
+def test_pauses_take_the_resting_mouth_of_a_silent_closed_frame(syn, tmp_path):
+    """Resting frames have silence in their whole audio window and a closed mouth; in a rendered pause
+    the oracle paints the silent window's (dark) mouth, steady, with or without --no_silence differing."""
+    from helpers_render import BrightnessMeter, oracle_generator
+
+    from synctalk import media
+    from synctalk.render import pauses, render, voice_activity
+    from synctalk.render.silence import dataset_resting_frames
+
+    cand = dataset_resting_frames(syn.layout, syn.frames, 8, 8)
+    assert len(cand) > 0
+    assert (syn.levels[cand] < 0.05).all()
+    meter = BrightnessMeter()
+    out = tmp_path / "rest.mp4"
+    render(syn.name, syn.reference, out, dataset_dir=syn.dataset_dir, generator=oracle_generator(syn.layout),
+           progress=False)
+    gen = meter.openings(meter.measure(read_video(out))[0])
+    audio = media.load_audio(syn.reference)
+    inner = [(a, b) for a, b in pauses(voice_activity(audio, len(gen))) if a > 0 and b < len(gen)]
+    assert inner
+    for a, b in inner:
+        core = gen[a + 7:b - 7] if b - a > 14 else gen[(a + b) // 2:(a + b) // 2 + 1]
+        assert core.max() < 45 and np.ptp(core) < 3  # closed (30 = no sound) and steady

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from synctalk.errors import SyncTalkError
 
-from .model import InvertedResidual
+from .blocks import InvertedResidual
 
 # per reshaped-feature model: (first two widths as level indices, stride of conv3)
 #   ave    (32,16,16):  32 → c1 → c2,  16x16 stays, then 16 → 10

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from synctalk.errors import SyncTalkError
 
-from .model import resolve_widths
+from .blocks import resolve_widths
 
 EMBED_DIM = 512
 FACE_ROWS = (0.2, 0.7)  # the encoded band of the crop, as fractions of its height (top, bottom)

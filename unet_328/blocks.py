@@ -105,3 +105,23 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         return x + y if self.residual else y
+
+
+class FeatureRowProjection(nn.Module):
+    """(B, rows, D) feature rows → (B, rows, side, side): each row mapped to a side x side plane.
+
+    What follows it is then the same whatever the feature width D of the audio model (whisper-tiny
+    384 … large 1280). The input norm is per feature over the batch, not per row: a row near zero
+    (silence, once the whisper baseline is off) must stay small, not be blown up to unit variance.
+    """
+
+    def __init__(self, dim: int, side: int = 16):
+        super().__init__()
+        self.side = int(side)
+        self.norm = nn.BatchNorm1d(dim)
+        self.proj = nn.Linear(dim, self.side * self.side)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, rows, _ = x.shape
+        x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return self.proj(x).view(b, rows, self.side, self.side)

@@ -140,17 +140,20 @@ class OutConv(nn.Module):
 class UNet328(nn.Module):
     """Audio-conditioned generator: (B,6,320,320) image pair + (B,*tensor_shape) audio → (B,3,320,320)."""
 
-    def __init__(self, asr: str, width: "str | Sequence[int]" = "full"):
+    def __init__(self, asr: str, width: "str | Sequence[int]" = "full", audio_dim: "int | None" = None):
         super().__init__()
         from synctalk.audio.registry import get_spec
 
         c0, c1, c2, c3, c4 = widths = resolve_widths(width)
+        spec = get_spec(asr, feature_dim=audio_dim)
         self.asr = asr
         self.width = width if isinstance(width, str) else list(widths)
         self.widths = widths
-        self.audio_shape = tuple(get_spec(asr).tensor_shape)
+        # the feature width of a free-width audio model (whisper), recorded in the config
+        self.audio_dim = spec.feature_dim if spec.free_dim else None
+        self.audio_shape = tuple(spec.tensor_shape)
 
-        self.audio_model = build_audio_head(asr, widths)
+        self.audio_model = build_audio_head(asr, widths, self.audio_dim)
         self.fuse_conv = nn.Sequential(
             DWDoubleConv(c4 * 2, c4, stride=1),
             DWDoubleConv(c4, c3, stride=1),
@@ -173,8 +176,11 @@ class UNet328(nn.Module):
 
     @property
     def config(self) -> dict:
-        """What `build_unet` needs to rebuild this network (saved beside checkpoints)."""
-        return {"asr": self.asr, "width": self.width}
+        """What `build_unet(**config)` needs to rebuild this network (saved beside checkpoints)."""
+        config = {"asr": self.asr, "width": self.width}
+        if self.audio_dim is not None:
+            config["audio_dim"] = self.audio_dim
+        return config
 
     def _check_inputs(self, x: torch.Tensor, audio: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != IN_CHANNELS or tuple(x.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE):
@@ -206,9 +212,10 @@ class UNet328(nn.Module):
         return torch.sigmoid(self.outc(x))
 
 
-def build_unet(asr: str, width: "str | Sequence[int]" = "full") -> UNet328:
-    """The generator for audio model `asr` at width "full" (~12 M params), "mobile" or "tiny"."""
-    return UNet328(asr, width)
+def build_unet(asr: str, width: "str | Sequence[int]" = "full", audio_dim: "int | None" = None) -> UNet328:
+    """The generator for audio model `asr` at width "full" (~12 M params), "mobile" or "tiny";
+    `audio_dim`: the feature width of a free-width audio model (whisper; None: the registry's)."""
+    return UNet328(asr, width, audio_dim)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

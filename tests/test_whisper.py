@@ -177,12 +177,16 @@ def test_models_folder_and_explicit_model(tmp_path, tiny_dir, speech):
 
     shutil.copytree(tiny_dir, tmp_path / "models" / "whisper")
     src = whisper.locate(None, tmp_path / "models")
-    assert src.kind == "transformers" and src.is_folder and src.where == str(tmp_path / "models" / "whisper")
+    assert src.kind == "transformers" and src.is_folder and src.where == str((tmp_path / "models" / "whisper").resolve())
     via_folder = compute_features("whisper", speech[: 2 * SR], 25, models_dir=tmp_path / "models", progress=False)
     direct = compute_features("whisper", speech[: 2 * SR], 25, whisper_model=tiny_dir, progress=False)
     np.testing.assert_allclose(via_folder, direct, atol=1e-6)
     # an explicit id or folder wins over the models folder
     assert whisper.locate("openai/whisper-base", tmp_path / "models").where == "openai/whisper-base"
+    # a whisper/ folder without a model is an error, not a reason to use another model
+    (tmp_path / "other" / "whisper").mkdir(parents=True)
+    with pytest.raises(SyncTalkError, match="not a whisper model folder"):
+        check_weights("whisper", tmp_path / "other")
 
 
 def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):

@@ -95,7 +95,7 @@ def locate(whisper_model: "str | os.PathLike | None" = None,
                 raise SyncTalkError(
                     f"--whisper_model {text}: {path} is not a whisper model folder (needs config.json with "
                     f"model.bin for CTranslate2/faster-whisper, or a transformers whisper config and weights)")
-            return WhisperSource(kind, str(path), True)
+            return WhisperSource(kind, str(path.resolve()), True)
         if _looks_like_path(text) or isinstance(whisper_model, os.PathLike):
             raise SyncTalkError(f"--whisper_model {text}: no such folder ({path.absolute()})\n"
                                 f"Offline alternative: --asr_model mel")
@@ -103,7 +103,11 @@ def locate(whisper_model: "str | os.PathLike | None" = None,
     for cand in _search_folders(models_dir):
         kind = folder_kind(cand)
         if kind is not None:
-            return WhisperSource(kind, str(cand), True)
+            return WhisperSource(kind, str(cand.resolve()), True)
+        if cand.is_dir():  # a half-copied folder must not send the run to another model
+            raise SyncTalkError(f"{cand} is not a whisper model folder (needs config.json with model.bin for "
+                                f"CTranslate2/faster-whisper, or a transformers whisper config and weights): "
+                                f"complete it or remove it")
     return WhisperSource("transformers", DEFAULT_ID, False)
 
 

@@ -99,7 +99,11 @@ def main(argv=None) -> int:
     acc = (pred_loud[loud].sum() + (~pred_loud[quiet]).sum()) / (loud.sum() + quiet.sum())
     print(f"speech vs quiet ({loud.sum()} loud frames, {quiet.sum()} quiet, {db[quiet].max():.0f} dBFS and below): "
           f"cos(centroids) {float(_cos(cl, cq)):.3f}, mean cos loud-loud {float(_cos(per_frame[loud], cl).mean()):.3f}, "
-          f"quiet-quiet {float(_cos(per_frame[quiet], cq).mean()):.3f}, nearest-centroid accuracy {acc:.3f}")
+          f"quiet-quiet {float(_cos(per_frame[quiet], cq).mean()):.3f}, nearest-centroid accuracy {acc:.3f}; "
+          f"mean row norm loud {float(np.linalg.norm(per_frame[loud], axis=1).mean()):.1f}, "
+          f"quiet {float(np.linalg.norm(per_frame[quiet], axis=1).mean()):.1f}")
+    pad = _rows(np.zeros(10 * SAMPLE_RATE, np.float32), 10 * FPS, encoder, whisper.CONTEXT_ROWS)
+    print(f"10 s of digital silence: mean row norm {float(np.linalg.norm(pad, axis=1).mean()):.2f}")
     return 0
 
 

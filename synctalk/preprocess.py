@@ -464,7 +464,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     """PreprocessOptions from parsed flags."""
     return PreprocessOptions(video_path=Path(args.video_path), name=args.name, dataset_dir=Path(args.dataset_dir),
                              asr_model=args.asr_model, landmarker=args.landmarker, fps=args.fps,
-                             models_dir=args.models_dir, whisper_model=args.whisper_model, device=args.device, skip_frames=args.skip_frames,
+                             models_dir=args.models_dir, whisper_model=args.whisper_model, device=args.device,
+                             skip_frames=args.skip_frames,
                              skip_landmarks=args.skip_landmarks, skip_audio=args.skip_audio,
                              batch_size=args.batch_size, detect_workers=args.detect_workers,
                              detect_every=args.detect_every,

@@ -13,7 +13,7 @@ import torch
 from conftest import SPEECH_WAV
 from synctalk.audio import whisper
 from synctalk.audio.features import check_weights, compute_features, fit_audio
-from synctalk.audio.registry import get_spec
+from synctalk.audio.registry import get_spec, network_audio_dim
 from synctalk.errors import SyncTalkError
 
 SR = 16000
@@ -75,6 +75,8 @@ def test_log_mel_matches_the_feature_extractor(speech):
     got = whisper.log_mel(clip, fe.mel_filters)
     assert got.shape == want.shape == (80, 3000)
     np.testing.assert_allclose(got, want, atol=1e-4)
+    # in STFT chunks (as long clips are) the same, to float rounding
+    np.testing.assert_allclose(whisper.log_mel(clip, fe.mel_filters, chunk_frames=777), got, atol=1e-5)
 
 
 def test_window_plan_covers_every_row_once_away_from_edges():
@@ -247,7 +249,8 @@ def test_unet_and_syncnet_take_windows_of_the_features_width(tiny_dir, speech):
     audio = spec.batch_windows(torch.from_numpy(feats), idx)
     assert audio.shape == (3, 10, D)
     np.testing.assert_array_equal(audio[1].numpy(), spec.window_tensor(feats, 7))
-    unet = build_unet("whisper", "tiny", audio_dim=D).eval()
+    assert network_audio_dim("whisper", feats.shape[1:]) == D and network_audio_dim("hubert", (2, 1024)) is None
+    unet = build_unet("whisper", "tiny", audio_dim=network_audio_dim("whisper", feats.shape[1:])).eval()
     assert unet.config == {"asr": "whisper", "width": "tiny", "audio_dim": D}
     with torch.no_grad():
         out = unet(torch.rand(3, 6, 320, 320), audio)

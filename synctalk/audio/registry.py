@@ -167,3 +167,10 @@ def get_spec(name: str, feature_dim: "int | None" = None) -> AudioModelSpec:
     except KeyError:
         raise SyncTalkError(f"unknown audio model {name!r}: choose one of {', '.join(ASR_MODELS)}") from None
     return spec.with_feature_dim(feature_dim)
+
+
+def network_audio_dim(asr: str, row_shape: "tuple[int, ...]") -> "int | None":
+    """The `audio_dim` that build_unet / SyncNet take for `asr` features with rows of `row_shape`
+    (their width for a free-width model such as whisper; None for the fixed-width ones)."""
+    spec = get_spec(asr).for_rows(row_shape)
+    return spec.feature_dim if spec.free_dim else None

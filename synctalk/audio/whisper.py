@@ -211,12 +211,14 @@ def _load_transformers(src: WhisperSource, models_dir, device) -> WhisperEncoder
                 model = WhisperModel.from_pretrained(src.where, local_files_only=True)
             except OSError:
                 if _offline():
-                    raise _not_found(src.where, models_dir, "not in the cache and the Hugging Face hub is set offline") from None
+                    raise _not_found(src.where, models_dir,
+                                     "not in the cache and the Hugging Face hub is set offline") from None
                 try:
                     model = WhisperModel.from_pretrained(src.where)
                     local_kw = {}
                 except Exception as exc:  # noqa: BLE001 - network, auth and file errors alike
-                    raise _not_found(src.where, models_dir, f"not cached, and fetching it failed: {type(exc).__name__}") from None
+                    raise _not_found(src.where, models_dir,
+                                     f"not cached, and fetching it failed: {type(exc).__name__}") from None
         fe = _feature_extractor(src.where, int(model.config.num_mel_bins), **local_kw)
     finally:
         transformers.logging.set_verbosity(verbosity)
@@ -280,16 +282,27 @@ def load_whisper(whisper_model: "str | os.PathLike | None" = None, models_dir: "
 # features
 
 
-def log_mel(audio: np.ndarray, mel_filters: np.ndarray, device: "str | object" = "cpu") -> "np.ndarray":
-    """Whisper's normalised log-mel of the whole clip: (n_mels, len(audio) // 160) float32."""
+def log_mel(audio: np.ndarray, mel_filters: np.ndarray, device: "str | object" = "cpu",
+            chunk_frames: int = 6000) -> "np.ndarray":
+    """Whisper's normalised log-mel of the whole clip: (n_mels, len(audio) // 160) float32.
+
+    The STFT runs over `chunk_frames` frames (60 s) at a time, so memory stays flat however long
+    the clip is; the max − 8 floor and the scaling apply once, over the whole clip."""
     import torch
+    import torch.nn.functional as F
 
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(device)
+    frames = x.numel() // HOP  # a centred STFT gives one frame more; Whisper drops the last
+    # the centred STFT's reflect padding, once for the whole clip: the chunks then need none
+    padded = F.pad(x[None, None], (N_FFT // 2, N_FFT // 2), mode="reflect")[0, 0]
     window = torch.hann_window(N_FFT, device=x.device)
-    stft = torch.stft(x, N_FFT, HOP, window=window, return_complex=True)
-    power = (stft[..., :-1].abs() ** 2).contiguous()  # the last frame is dropped, as Whisper does
-    mel = torch.from_numpy(np.asarray(mel_filters, dtype=np.float32)).to(x.device).T @ power
-    log = torch.clamp(mel, min=1e-10).log10()
+    filters = torch.from_numpy(np.asarray(mel_filters, dtype=np.float32)).to(x.device).T
+    log = torch.empty((filters.shape[0], frames), dtype=torch.float32, device=x.device)
+    for a in range(0, frames, chunk_frames):
+        b = min(a + chunk_frames, frames)
+        spec = torch.stft(padded[a * HOP : (b - 1) * HOP + N_FFT], N_FFT, HOP, window=window, center=False,
+                          return_complex=True)
+        log[:, a:b] = torch.clamp(filters @ (spec.abs() ** 2), min=1e-10).log10()
     log = torch.maximum(log, log.max() - 8.0)
     return ((log + 4.0) / 4.0).cpu().numpy()
 

@@ -268,3 +268,18 @@ def test_unet_and_syncnet_take_windows_of_the_features_width(tiny_dir, speech):
         build_unet("whisper", "tiny")(torch.rand(3, 6, 320, 320), audio)
     with pytest.raises(SyncTalkError, match="rows of shape"):
         get_spec("hubert").for_rows(feats.shape[1:], "aud_whisper.npy")
+
+
+def test_preprocess_takes_and_records_the_model(tiny_dir):
+    import argparse
+
+    from synctalk import preprocess
+
+    parser = argparse.ArgumentParser()
+    preprocess.add_arguments(parser)
+    args = parser.parse_args(["--video_path", "v.mp4", "--name", "n", "--asr_model", "whisper",
+                              "--whisper_model", str(tiny_dir)])
+    opts = preprocess.options_from_args(args)
+    assert opts.whisper_model == str(tiny_dir)
+    # what the state file keeps: the absolute folder, usable from any working folder
+    assert preprocess._whisper_source(opts) == str(tiny_dir.resolve())

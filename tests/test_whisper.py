@@ -20,18 +20,18 @@ SR = 16000
 D = 24  # the tiny test model's width
 
 
-def save_tiny_whisper(dest, d_model: int = D, layers: int = 1, tokenizer: bool = False):
+def save_tiny_whisper(dest, d_model: int = D, layers: int = 1, tokenizer: bool = False, n_mels: int = 80):
     """A random Whisper of width `d_model` in transformers' save_pretrained layout (30 s windows)."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     torch.manual_seed(0)
     cfg = WhisperConfig(d_model=d_model, encoder_layers=layers, decoder_layers=1, encoder_attention_heads=2,
                         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64,
-                        num_mel_bins=80, max_source_positions=1500, max_target_positions=32, pad_token_id=0,
+                        num_mel_bins=n_mels, max_source_positions=1500, max_target_positions=32, pad_token_id=0,
                         bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, suppress_tokens=[],
                         begin_suppress_tokens=[])
     WhisperForConditionalGeneration(cfg).save_pretrained(dest)
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(dest)
+    WhisperFeatureExtractor(feature_size=n_mels).save_pretrained(dest)
     if tokenizer:  # the CTranslate2 converter reads a vocabulary from the folder
         from tokenizers import Tokenizer, models, pre_tokenizers
         from transformers import PreTrainedTokenizerFast
@@ -283,3 +283,13 @@ def test_preprocess_takes_and_records_the_model(tiny_dir):
     assert opts.whisper_model == str(tiny_dir)
     # what the state file keeps: the absolute folder, usable from any working folder
     assert preprocess._whisper_source(opts) == str(tiny_dir.resolve())
+
+
+def test_128_bin_model_without_preprocessor_config(tmp_path, speech):
+    """large-v3 takes 128 mel bins: a folder without preprocessor_config.json gets them from the model."""
+    dest = save_tiny_whisper(tmp_path / "v3", d_model=16, n_mels=128)
+    (dest / "preprocessor_config.json").unlink()
+    enc = whisper.load_whisper(str(dest))
+    assert enc.n_mels == 128 and enc.mel_filters.shape == (201, 128)
+    feats = compute_features("whisper", speech[: 2 * SR], 25, whisper_model=str(dest), progress=False)
+    assert feats.shape == (25, 2, 16) and np.isfinite(feats).all()

@@ -25,6 +25,9 @@ setup(
         "face_recognition_models>=0.3",
         "tensorboard>=2.14",  # per-epoch training metrics as event files in the run folder
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7", "ctranslate2>=4"],  # ctranslate2: the whisper CTranslate2 test
+        "whisper-ct2": ["ctranslate2>=4"],  # --asr_model whisper from faster-whisper/CTranslate2 folders
+    },
     entry_points={"console_scripts": ["synctalk=synctalk.cli:entry"]},
 )

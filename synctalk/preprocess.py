@@ -48,6 +48,7 @@ class PreprocessOptions:
     landmarker: str = "pfld"
     fps: int = FPS
     models_dir: Path | None = None
+    whisper_model: str | None = None  # --asr_model whisper: a Hugging Face id or a model folder
     device: str = "auto"
     skip_frames: bool = False
     skip_landmarks: bool = False
@@ -97,7 +98,7 @@ def _check_weights(opts: PreprocessOptions, need_faces: bool, need_features: boo
     if need_features:
         from .audio.features import check_weights
 
-        check_weights(opts.asr_model, opts.models_dir)
+        check_weights(opts.asr_model, opts.models_dir, whisper_model=opts.whisper_model)
 
 
 def _source_video(opts: PreprocessOptions, layout: DatasetLayout, state: TrainingState, result: PreprocessResult) -> Path:
@@ -295,6 +296,13 @@ def _crop_boxes(opts: PreprocessOptions, layout: DatasetLayout, count: int, stat
     result.done_now.append("crop boxes")
 
 
+def _whisper_source(opts: PreprocessOptions) -> str:
+    """The whisper model that made the features (absolute folder or hub id), for infer to use again."""
+    from .audio.whisper import locate
+
+    return locate(opts.whisper_model, opts.models_dir).where
+
+
 def _features(opts: PreprocessOptions, layout: DatasetLayout, count: int, state: TrainingState,
               result: PreprocessResult) -> None:
     from .audio.features import compute_features
@@ -314,12 +322,15 @@ def _features(opts: PreprocessOptions, layout: DatasetLayout, count: int, state:
             return
     audio = media.load_audio(layout.audio_wav, SAMPLE_RATE)
     feats = compute_features(opts.asr_model, audio, count, models_dir=opts.models_dir,
-                             device=str(resolve_device(opts.device)), progress=opts.progress)
+                             device=str(resolve_device(opts.device)), progress=opts.progress,
+                             whisper_model=opts.whisper_model)
+    spec = spec.for_rows(feats.shape[1:], f"{opts.asr_model} features")  # whisper: its model's width
     if feats.shape != (count, *spec.frame_shape):
         raise SyncTalkError(f"{opts.asr_model} features came out {feats.shape}, expected {(count, *spec.frame_shape)}")
     save_npy_atomic(path, feats.astype(np.float32))
     made[opts.asr_model] = path.name
-    state.update("preprocessing", feature_files=made, asr_models=sorted(made))
+    state.update("preprocessing", feature_files=made, asr_models=sorted(made),
+                 **({"whisper_model": _whisper_source(opts)} if opts.asr_model == "whisper" else {}))
     result.done_now.append(f"features ({opts.asr_model})")
 
 
@@ -416,6 +427,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True, help="person name: dataset/<name>/")
     p.add_argument("--asr_model", "--asr", dest="asr_model", default="ave", choices=ASR_MODELS,
                    help="audio features to compute (default ave; mel needs no weights)")
+    p.add_argument("--whisper_model", default=None,
+                   help="--asr_model whisper: Hugging Face id or model folder (transformers or CTranslate2/"
+                        "faster-whisper); default <models dir>/whisper/, else openai/whisper-tiny")
     p.add_argument("--dataset_dir", default="dataset", type=Path)
     p.add_argument("--fps", default=FPS, type=int, help="target frame rate (default 25)")
     p.add_argument("--landmarker", default="pfld", choices=LANDMARKERS, help="pfld (110 points) or dlib (68, offline)")
@@ -437,7 +451,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     """PreprocessOptions from parsed flags."""
     return PreprocessOptions(video_path=Path(args.video_path), name=args.name, dataset_dir=Path(args.dataset_dir),
                              asr_model=args.asr_model, landmarker=args.landmarker, fps=args.fps,
-                             models_dir=args.models_dir, device=args.device, skip_frames=args.skip_frames,
+                             models_dir=args.models_dir, whisper_model=args.whisper_model, device=args.device,
+                             skip_frames=args.skip_frames,
                              skip_landmarks=args.skip_landmarks, skip_audio=args.skip_audio,
                              batch_size=args.batch_size, detect_workers=args.detect_workers,
                              detect_every=args.detect_every,

@@ -77,6 +77,9 @@ def _random_ave_state(variant):
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     _save_tiny_hubert(root / "hubert")
+    from test_whisper import save_tiny_whisper
+
+    save_tiny_whisper(root / "whisper")  # found as <models dir>/whisper/
     _export_tiny_wenet(root / "wenet_encoder.onnx")
     _, state = _random_ave_state("synctalk")
     # SyncTalk's audio_visual_encoder.pth: the encoder's Sequential alone, no prefix
@@ -105,8 +108,8 @@ def clip():
 @pytest.mark.parametrize("asr", ASR_MODELS)
 def test_rows_match_video_frames(asr, clip, tiny_models):
     path, frames = clip
-    spec = get_spec(asr)
     feats = features_for_file(asr, path, frames, models_dir=tiny_models, progress=False)
+    spec = get_spec(asr).for_rows(feats.shape[1:])  # whisper's width is its model's (24 here)
     assert feats.shape == (frames, *spec.frame_shape) and feats.dtype == np.float32
     assert np.isfinite(feats).all() and feats.std() > 0
     # the registry turns any row of it into the network's input, on numpy and torch alike
@@ -340,7 +343,7 @@ def test_wenet_rejects_a_graph_with_other_inputs(tmp_path):
 
 
 @pytest.mark.parametrize("bad, expect", [
-    (dict(asr="whisper"), "unknown audio model"),
+    (dict(asr="no-such-model"), "unknown audio model"),
     (dict(audio=np.zeros((2, SR), np.float32)), "mono"),
     (dict(num_frames=0), "positive whole number"),
     (dict(num_frames=2.5), "positive whole number"),

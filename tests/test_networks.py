@@ -30,7 +30,8 @@ def test_unet_shapes_and_range_for_every_audio_model(asr: str) -> None:
         assert net.audio_model(_audio(asr, batch=2)).shape == (2, 32, 10, 10)
     assert out.shape == (1, 3, 320, 320)
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
-    assert net.config == {"asr": asr, "width": "tiny"}
+    extra = {"audio_dim": get_spec(asr).feature_dim} if get_spec(asr).free_dim else {}
+    assert net.config == {"asr": asr, "width": "tiny", **extra}
 
 
 @pytest.mark.parametrize("asr", ASR_MODELS)

@@ -209,7 +209,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, case):
     elif case == "backslash":
         name, expect = "a\\b", "invalid name"
     elif case == "asr":
-        kw, expect = {"asr_model": "whisper"}, "unknown audio model"
+        kw, expect = {"asr_model": "no-such-model"}, "unknown audio model"
     elif case == "landmarker":
         kw, expect = {"landmarker": "mediapipe"}, "unknown landmarker"
     elif case == "pfld_weights":

@@ -16,6 +16,7 @@ _EXPORTS = {
     "count_parameters": "model",
     "count_flops": "model",
     "build_audio_head": "audio_heads",
+    "resolve_widths": "blocks",
     "MelHead": "audio_heads",
     "ReshapedFeatureHead": "audio_heads",
     "SyncNet": "syncnet",

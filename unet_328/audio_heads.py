@@ -4,7 +4,9 @@ Pretrained-feature models (ave, hubert, wenet) arrive as a window of feature row
 channels × height × width block; a short inverted-residual stack brings that block to 10x10 and to
 the bottleneck width. Raw mel windows (`mel`) carry no learned representation, so their head is a
 deeper 2-D convolution stack over (frequency, time) with batch norm, a per-bin input normalisation
-and a global context path, so that it can learn phonetic content on its own.
+and a global context path, so that it can learn phonetic content on its own. Features of a free width
+(whisper: a window of rows × D) first map each row to a 16x16 plane (`FeatureRowProjection`), and
+then take the reshaped-feature head with the rows as channels, so the head adapts to D.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch.nn as nn
 
 from synctalk.errors import SyncTalkError
 
-from .model import InvertedResidual
+from .blocks import FeatureRowProjection, InvertedResidual
 
 # per reshaped-feature model: (first two widths as level indices, stride of conv3)
 #   ave    (32,16,16):  32 → c1 → c2,  16x16 stays, then 16 → 10
@@ -54,6 +56,18 @@ class ReshapedFeatureHead(nn.Module):
         x = self.conv4(x)
         x = self.relu(self.bn5(self.conv5(x)))
         return self.conv7(self.conv6(x))
+
+
+class ProjectedFeatureHead(nn.Module):
+    """Head for a (rows, D) window of feature rows of any width D: rows → 16x16 planes → reshaped head."""
+
+    def __init__(self, rows: int, dim: int, widths: Sequence[int]):
+        super().__init__()
+        self.project = FeatureRowProjection(dim, 16)
+        self.head = ReshapedFeatureHead(rows, widths, (1, 2), (1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.project(x))
 
 
 class ConvBNReLU(nn.Sequential):
@@ -123,11 +137,16 @@ class MelHead(nn.Module):
         return x + self.context(x)
 
 
-def build_audio_head(asr: str, widths: Sequence[int]) -> nn.Module:
-    """The UNet audio head for audio model `asr` at the given five encoder widths."""
+def build_audio_head(asr: str, widths: Sequence[int], audio_dim: "int | None" = None) -> nn.Module:
+    """The UNet audio head for audio model `asr` at the given five encoder widths (and, for a
+    free-width model such as whisper, features `audio_dim` wide; None: the registry's width)."""
     from synctalk.audio.registry import get_spec
 
-    shape = tuple(get_spec(asr).tensor_shape)
+    spec = get_spec(asr, feature_dim=audio_dim)
+    shape = tuple(spec.tensor_shape)
+    if spec.free_dim:
+        rows, dim = shape
+        return ProjectedFeatureHead(rows, dim, widths)
     if asr == "mel":
         return MelHead(shape[1], shape[2], widths)
     if asr not in _RESHAPED_PLANS:

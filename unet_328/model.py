@@ -20,101 +20,12 @@ import torch.nn.functional as F
 
 from synctalk.errors import SyncTalkError
 
-# channel widths of the five encoder levels (320, 160, 80, 40, 20 -> 10 px)
-WIDTHS: dict[str, tuple[int, int, int, int, int]] = {
-    "full": (32, 64, 128, 256, 512),
-    "mobile": (16, 32, 64, 128, 256),
-    "tiny": (8, 16, 16, 32, 32),  # for tests: runs a 320-px forward on a CPU in milliseconds
-}
+from .audio_heads import build_audio_head
+from .blocks import WIDTHS, DepthwiseConv2d, InvertedResidual, resolve_widths  # noqa: F401  (public here too)
 
 IMAGE_SIZE = 320
 IN_CHANNELS = 6
 BOTTLENECK = IMAGE_SIZE // 32  # 10: the spatial size the audio heads must reach
-
-
-def resolve_widths(width: "str | Sequence[int]") -> tuple[int, int, int, int, int]:
-    """A width name ("full", "mobile", "tiny") or five explicit channel counts → five ints."""
-    if isinstance(width, str):
-        try:
-            return WIDTHS[width]
-        except KeyError:
-            raise SyncTalkError(f"unknown network width {width!r}: choose one of {', '.join(WIDTHS)}") from None
-    widths = tuple(int(c) for c in width)
-    if len(widths) != 5 or min(widths) < 2:
-        raise SyncTalkError(f"a network width needs five channel counts >= 2, got {width!r}")
-    return widths  # type: ignore[return-value]
-
-
-class _DepthwiseConv(torch.autograd.Function):
-    """A stride-1 depthwise convolution whose input gradient is the forward kernel on the flipped taps.
-
-    cuDNN's data-gradient kernel for depthwise convolutions in channels-last bf16 took about twice
-    the forward kernel's time on an H200 (8.4 against 3.8 ms of a 64-image UNet step); for stride 1
-    the input gradient is that same forward convolution of the output gradient with the kernel
-    rotated by 180 degrees. The weight gradient stays cuDNN's.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, weight)
-        ctx.padding = padding
-        return F.conv2d(x, weight, None, 1, padding, 1, weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        groups = weight.shape[0]
-        w = weight.to(g.dtype)  # under autocast the forward ran in the activations' dtype
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(g, w.flip(-2, -1), None, 1, ctx.padding, 1, groups)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.ops.aten.convolution_backward(
-                g, x.to(g.dtype), w, None, [1, 1], [ctx.padding, ctx.padding], [1, 1], False, [0, 0], groups,
-                [False, True, False])[1].to(weight.dtype)
-        return grad_x, grad_w, None
-
-
-class DepthwiseConv2d(nn.Conv2d):
-    """3x3 depthwise convolution; stride 1 without a bias trains through _DepthwiseConv. A plain Conv2d
-    in its parameters and state dict (BatchNorm folding for inference gives it a bias)."""
-
-    def __init__(self, channels: int, stride: int = 1):
-        super().__init__(channels, channels, 3, stride, 1, groups=channels, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.stride == (1, 1) and self.bias is None and torch.is_grad_enabled()
-                and (x.requires_grad or self.weight.requires_grad)):
-            return _DepthwiseConv.apply(x, self.weight, self.padding[0])
-        return super().forward(x)
-
-
-class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1x1 expand, 3x3 depthwise (optionally strided), 1x1 project, BN after each."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1, expand: int = 2, residual: bool | None = None):
-        super().__init__()
-        hidden = cin * expand
-        if residual is None:
-            residual = stride == 1 and cin == cout
-        if residual and (stride != 1 or cin != cout):
-            raise ValueError("a residual inverted block needs stride 1 and cin == cout")
-        self.residual = residual
-        # index layout (0 conv, 1 bn, 2 relu, 3 dw, 4 bn, 5 relu, 6 conv, 7 bn) is the checkpoint layout
-        self.conv = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=True),
-            DepthwiseConv2d(hidden, stride),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, cout, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(cout),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        return x + y if self.residual else y
 
 
 class DWDoubleConv(nn.Module):
@@ -229,19 +140,20 @@ class OutConv(nn.Module):
 class UNet328(nn.Module):
     """Audio-conditioned generator: (B,6,320,320) image pair + (B,*tensor_shape) audio → (B,3,320,320)."""
 
-    def __init__(self, asr: str, width: "str | Sequence[int]" = "full"):
+    def __init__(self, asr: str, width: "str | Sequence[int]" = "full", audio_dim: "int | None" = None):
         super().__init__()
         from synctalk.audio.registry import get_spec
 
-        from .audio_heads import build_audio_head
-
         c0, c1, c2, c3, c4 = widths = resolve_widths(width)
+        spec = get_spec(asr, feature_dim=audio_dim)
         self.asr = asr
         self.width = width if isinstance(width, str) else list(widths)
         self.widths = widths
-        self.audio_shape = tuple(get_spec(asr).tensor_shape)
+        # the feature width of a free-width audio model (whisper), recorded in the config
+        self.audio_dim = spec.feature_dim if spec.free_dim else None
+        self.audio_shape = tuple(spec.tensor_shape)
 
-        self.audio_model = build_audio_head(asr, widths)
+        self.audio_model = build_audio_head(asr, widths, self.audio_dim)
         self.fuse_conv = nn.Sequential(
             DWDoubleConv(c4 * 2, c4, stride=1),
             DWDoubleConv(c4, c3, stride=1),
@@ -264,8 +176,11 @@ class UNet328(nn.Module):
 
     @property
     def config(self) -> dict:
-        """What `build_unet` needs to rebuild this network (saved beside checkpoints)."""
-        return {"asr": self.asr, "width": self.width}
+        """What `build_unet(**config)` needs to rebuild this network (saved beside checkpoints)."""
+        config = {"asr": self.asr, "width": self.width}
+        if self.audio_dim is not None:
+            config["audio_dim"] = self.audio_dim
+        return config
 
     def _check_inputs(self, x: torch.Tensor, audio: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != IN_CHANNELS or tuple(x.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE):
@@ -297,9 +212,10 @@ class UNet328(nn.Module):
         return torch.sigmoid(self.outc(x))
 
 
-def build_unet(asr: str, width: "str | Sequence[int]" = "full") -> UNet328:
-    """The generator for audio model `asr` at width "full" (~12 M params), "mobile" or "tiny"."""
-    return UNet328(asr, width)
+def build_unet(asr: str, width: "str | Sequence[int]" = "full", audio_dim: "int | None" = None) -> UNet328:
+    """The generator for audio model `asr` at width "full" (~12 M params), "mobile" or "tiny";
+    `audio_dim`: the feature width of a free-width audio model (whisper; None: the registry's)."""
+    return UNet328(asr, width, audio_dim)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from synctalk.errors import SyncTalkError
 
-from .model import resolve_widths
+from .blocks import FeatureRowProjection, resolve_widths
 
 EMBED_DIM = 512
 FACE_ROWS = (0.2, 0.7)  # the encoded band of the crop, as fractions of its height (top, bottom)
@@ -82,10 +82,14 @@ def _audio_encoder(asr: str, shape: tuple[int, ...], widths: Sequence[int]) -> n
         layers += _stage(c2, c3, 2, 2)  # 10 x T/8
         layers += _stage(c3, c4, 2, 2)  # 5 x T/16
     else:
+        layers = []
+        if len(shape) == 2:  # (rows, D) of a free-width model: each row → a 16x16 plane first
+            layers.append(FeatureRowProjection(shape[1], 16))
+            shape = (shape[0], 16, 16)
         cin, h, w = shape
         # bring every reshaped feature block to 16x16 in the second stage, then 8x8 and 4x4
         second = (max(h // 16, 1), max(w // 16, 1))
-        layers = _stage(cin, c2, 1, 2)
+        layers += _stage(cin, c2, 1, 2)
         layers += _stage(c2, c3, second, 2)
         layers += _stage(c3, c3, 2, 2)
         layers += _stage(c3, c4, 2, 2)
@@ -99,14 +103,15 @@ class SyncNet(nn.Module):
     `face` is the (B, 3, 320, 320) BGR [0, 1] network crop (any size works: pooling is global). Only
     the band `face_rows` of its height is encoded (rows 64:224 of a 320 crop): the mouth and jaw;
     the nose, neck and hair carry no sync signal, and half the pixels halve the encoder's cost.
-    `audio` is the audio model's window tensor (`get_spec(asr).tensor_shape`); of a log-mel window
+    `audio` is the audio model's window tensor (`get_spec(asr, feature_dim=audio_dim).tensor_shape`; `audio_dim`:
+    the feature width of a free-width model, whisper); of a log-mel window
     only the `audio_context` steps centred on the frame are encoded (0: the whole window).
     """
 
     def __init__(self, asr: str, width: "str | Sequence[int]" = "full", *, embed_dim: int = EMBED_DIM,
                  dropout: float = 0.0, init_scale: float = 10.0,
                  face_rows: tuple[float, float] = FACE_ROWS, audio_context: int = AUDIO_CONTEXT,
-                 face_frames: int = 1):
+                 face_frames: int = 1, audio_dim: "int | None" = None):
         super().__init__()
         from synctalk.audio.registry import get_spec
 
@@ -116,8 +121,9 @@ class SyncNet(nn.Module):
             raise SyncTalkError(f"SyncNet face_rows must satisfy 0 <= top < bottom <= 1, got {face_rows}")
         if face_frames < 1 or face_frames % 2 == 0:
             raise SyncTalkError(f"SyncNet face_frames must be odd and >= 1 (centred on the frame), got {face_frames}")
-        spec = get_spec(asr)
+        spec = get_spec(asr, feature_dim=audio_dim)
         self.asr = asr
+        self.audio_dim = spec.feature_dim if spec.free_dim else None  # whisper: the feature width
         self.face_frames = int(face_frames)
         self.audio_context = int(audio_context)
         self.width = width if isinstance(width, str) else list(widths)
@@ -154,8 +160,11 @@ class SyncNet(nn.Module):
     @property
     def config(self) -> dict:
         """What the constructor needs to rebuild this network (saved beside checkpoints)."""
-        return {"asr": self.asr, "width": self.width, "face_rows": list(self.face_rows),
-                "audio_context": self.audio_context, "face_frames": self.face_frames}
+        config = {"asr": self.asr, "width": self.width, "face_rows": list(self.face_rows),
+                  "audio_context": self.audio_context, "face_frames": self.face_frames}
+        if self.audio_dim is not None:
+            config["audio_dim"] = self.audio_dim
+        return config
 
     def _embed(self, encoder: nn.Module, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = encoder(x).mean(dim=(2, 3))

@@ -21,10 +21,10 @@ SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 
 
 def _right_context(asr: str) -> int:
-    from . import ave, hubert, wenet
+    from . import ave, hubert, wenet, whisper
 
     return {"mel": 512, "ave": ave.RIGHT_CONTEXT, "hubert": hubert.RIGHT_CONTEXT,
-            "wenet": wenet.RIGHT_CONTEXT}[asr]
+            "wenet": wenet.RIGHT_CONTEXT, "whisper": whisper.RIGHT_CONTEXT}[asr]
 
 
 def fit_audio(audio: np.ndarray, num_frames: int, right_context: int = 0) -> np.ndarray:
@@ -43,10 +43,16 @@ def _mel_rows(audio: np.ndarray, num_frames: int, device) -> np.ndarray:
     return mel[: 4 * num_frames].reshape(num_frames, 4, mel.shape[1])
 
 
-def check_weights(asr: str, models_dir: "str | os.PathLike | None" = None) -> None:
+def check_weights(asr: str, models_dir: "str | os.PathLike | None" = None, *,
+                  whisper_model: "str | os.PathLike | None" = None) -> None:
     """Raise the clear missing-weights error now, before long work, if `asr` cannot run."""
     spec = get_spec(asr)
     if not spec.needs_weights:
+        return
+    if asr == "whisper":
+        from .whisper import check_available
+
+        check_available(whisper_model, models_dir)
         return
     if asr == "hubert":
         from .hubert import _not_found, hubert_location
@@ -61,9 +67,11 @@ def check_weights(asr: str, models_dir: "str | os.PathLike | None" = None) -> No
 
 
 def compute_features(asr: str, audio: np.ndarray, num_frames: int, *, models_dir: "str | os.PathLike | None" = None,
-                     device: "str | object" = "cpu", progress: bool = True) -> np.ndarray:
+                     device: "str | object" = "cpu", progress: bool = True,
+                     whisper_model: "str | os.PathLike | None" = None) -> np.ndarray:
     """(num_frames, *frame_shape) float32 features of `asr` for 16 kHz mono float32 `audio`;
-    row i belongs to video frame i at 25 fps."""
+    row i belongs to video frame i at 25 fps. `whisper_model` (an id or folder) picks the whisper
+    model; the width of whisper rows is that model's."""
     from tqdm import tqdm
 
     spec = get_spec(asr)
@@ -104,6 +112,12 @@ def compute_features(asr: str, audio: np.ndarray, num_frames: int, *, models_dir
 
             rows = wenet.extract(fitted, num_frames, resolve_model_file("wenet", models_dir), device, bar.update,
                                  frame_shape=spec.frame_shape)
+        elif asr == "whisper":
+            from . import whisper
+
+            encoder = whisper.load_whisper(whisper_model, models_dir, device)
+            rows = whisper.extract(fitted, num_frames, encoder, device, bar.update)
+            spec = spec.for_rows(rows.shape[1:], f"whisper model {encoder.source.where}")
         else:  # a registry entry without an extractor is a programming error, not a user one
             raise NotImplementedError(asr)
 
@@ -120,14 +134,15 @@ def frames_for_duration(seconds: float, fps: int = FPS) -> int:
 
 def features_for_file(asr: str, path: "str | os.PathLike", num_frames: int | None = None, *,
                       models_dir: "str | os.PathLike | None" = None, device: "str | object" = "cpu",
-                      progress: bool = True) -> np.ndarray:
+                      progress: bool = True, whisper_model: "str | os.PathLike | None" = None) -> np.ndarray:
     """Features of any audio (or video) file ffmpeg reads; num_frames defaults to ceil(duration·25)."""
     from .. import media
 
     audio = media.load_audio(Path(path), SAMPLE_RATE)
     if num_frames is None:
         num_frames = frames_for_duration(audio.size / SAMPLE_RATE)
-    return compute_features(asr, audio, num_frames, models_dir=models_dir, device=device, progress=progress)
+    return compute_features(asr, audio, num_frames, models_dir=models_dir, device=device, progress=progress,
+                            whisper_model=whisper_model)
 
 
 def _device(device):

@@ -3,17 +3,20 @@
 Row i of a feature file belongs to video frame i (25 fps). A network's audio input for frame i is
 the window of rows [i - left, i - left + window), zero-padded past either end, rearranged into
 `tensor_shape`. Everything else (datasets, SyncNet, UNet audio heads, rendering) asks this module.
+
+An entry with `free_dim` (whisper) has a feature width that depends on the model that made the
+features (384 for whisper-tiny … 1280 for large); `get_spec(name, feature_dim=D)` gives the entry at
+width D, and the networks record D in their config.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..constants import FPS, SAMPLE_RATE  # noqa: F401  (re-exported)
 from ..errors import SyncTalkError
-
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,30 @@ class AudioModelSpec:
     layout: str  # "reshape": plain reshape of the window; "mel": time-major mel → (1, bins, time)
     needs_weights: bool
     description: str
+    free_dim: bool = False  # the last axis of frame_shape and tensor_shape is the model's width
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of one feature row (the last axis of frame_shape)."""
+        return int(self.frame_shape[-1])
+
+    def with_feature_dim(self, dim: "int | None") -> "AudioModelSpec":
+        """This entry for features `dim` wide (None: as registered); only `free_dim` entries change."""
+        if dim is None or int(dim) == self.feature_dim:
+            return self
+        if not self.free_dim or int(dim) < 1:
+            raise SyncTalkError(f"{self.name} features are {self.feature_dim} wide, not {dim}")
+        d = int(dim)
+        return replace(self, frame_shape=(*self.frame_shape[:-1], d), tensor_shape=(*self.tensor_shape[:-1], d))
+
+    def for_rows(self, row_shape: "tuple[int, ...]", source: str = "the features") -> "AudioModelSpec":
+        """The entry that fits feature rows of `row_shape` (a free width adapts), or a clear error."""
+        row_shape = tuple(int(s) for s in row_shape)
+        if len(row_shape) == len(self.frame_shape) and row_shape[:-1] == tuple(self.frame_shape[:-1]):
+            if self.free_dim or row_shape == tuple(self.frame_shape):
+                return self.with_feature_dim(row_shape[-1])
+        want = f"({self.frame_shape[0]}, D)" if self.free_dim else str(tuple(self.frame_shape))
+        raise SyncTalkError(f"{source} has rows of shape {row_shape}, expected {want} for {self.name!r}")
 
     def window_rows(self, features: np.ndarray, index: int) -> np.ndarray:
         """Rows [index-left, index-left+window) of `features`, zero-padded at the ends."""
@@ -103,6 +130,20 @@ _SPECS = {
         needs_weights=True,
         description="WeNet conformer encoder (ONNX) on 80-bin fbank; one (16, 512) encoder output per frame",
     ),
+    # whisper encoder states at 50 Hz, two per frame; a window of 5 frames (±2, as MuseTalk and
+    # LatentSync take): the encoder has already seen the whole 30 s around each state
+    "whisper": AudioModelSpec(
+        name="whisper",
+        feature_file="aud_whisper.npy",
+        frame_shape=(2, 384),
+        window=5,
+        left=2,
+        tensor_shape=(10, 384),
+        layout="reshape",
+        needs_weights=True,
+        description="Whisper encoder last hidden state at 50 Hz (transformers or CTranslate2; openai/whisper-tiny)",
+        free_dim=True,
+    ),
     "mel": AudioModelSpec(
         name="mel",
         feature_file="aud_mel.npy",
@@ -119,9 +160,17 @@ _SPECS = {
 ASR_MODELS: tuple[str, ...] = tuple(_SPECS)
 
 
-def get_spec(name: str) -> AudioModelSpec:
-    """The registry entry of an audio model, or a clear error for an unknown name."""
+def get_spec(name: str, feature_dim: "int | None" = None) -> AudioModelSpec:
+    """The registry entry of an audio model (at `feature_dim` for a free-width one), or a clear error."""
     try:
-        return _SPECS[name]
+        spec = _SPECS[name]
     except KeyError:
         raise SyncTalkError(f"unknown audio model {name!r}: choose one of {', '.join(ASR_MODELS)}") from None
+    return spec.with_feature_dim(feature_dim)
+
+
+def network_audio_dim(asr: str, row_shape: "tuple[int, ...]") -> "int | None":
+    """The `audio_dim` that build_unet / SyncNet take for `asr` features with rows of `row_shape`
+    (their width for a free-width model such as whisper; None for the fixed-width ones)."""
+    spec = get_spec(asr).for_rows(row_shape)
+    return spec.feature_dim if spec.free_dim else None

@@ -1,4 +1,5 @@
-"""Training losses beyond plain pixels: VGG19 perceptual distance and the SyncNet lip-sync loss.
+"""Training losses beyond plain pixels: VGG19 perceptual distance, the SyncNet lip-sync loss and the
+hinge losses of the adversarial stage.
 
 Imports torch at module level: only the training code imports this module.
 """
@@ -147,3 +148,13 @@ def sync_loss(syncnet: nn.Module, face: torch.Tensor, audio: torch.Tensor) -> to
     audio_emb, face_emb = syncnet(face, audio)
     logits = syncnet.logits(audio_emb, face_emb)
     return F.binary_cross_entropy_with_logits(logits.float(), torch.ones_like(logits, dtype=torch.float32))
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The critic's hinge loss: real patches pushed above +1, generated ones below -1 (float32)."""
+    return F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean()
+
+
+def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The generator's side of the hinge game: raise the critic's score of its patches (float32)."""
+    return -fake_logits.float().mean()

@@ -20,6 +20,7 @@ _EXPORTS = {
     "MelHead": "audio_heads",
     "ReshapedFeatureHead": "audio_heads",
     "SyncNet": "syncnet",
+    "MouthDiscriminator": "discriminator",
 }
 
 __all__ = sorted(_EXPORTS)

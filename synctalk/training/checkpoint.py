@@ -30,7 +30,7 @@ def epoch_payload(kind: str, model: Any, optimizer: Any, scaler: Any, epoch: int
 
 
 # what only a resume needs: kept in checkpoint_latest.pth alone (best and <epoch>.pth hold the model)
-RESUME_ONLY = ("optimizer", "scaler", "rng", "step")
+RESUME_ONLY = ("optimizer", "scaler", "rng", "step", "discriminator")
 
 
 def model_only(payload: dict[str, Any]) -> dict[str, Any]:

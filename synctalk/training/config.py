@@ -145,6 +145,17 @@ class UNetConfig(RunConfig):
     mask: str | None = opt(None, "mouth mask x0,y0,x1,y1 in the 320 crop, end exclusive (default 5,5,315,310)",
                            frozen=True)
     see_res: bool = opt(False, "write a preview PNG per epoch (masked | predicted | real) to <run>/previews/")
+    # -- the adversarial stage (synctalk.training.adversarial): off unless a weight is given
+    adversarial_weight: float = opt(0.0, "weight of the mouth critic's hinge loss in the UNet's loss (0: off, no "
+                                         "critic built; try 0.01-0.05)")
+    adversarial_start_epoch: int = opt(1, "first epoch with the critic (the epochs before it train on L1 alone; "
+                                          "e.g. a fifth of --epochs)")
+    disc_lr: float = opt(2e-4, "learning rate of the mouth critic (Adam, betas 0.5/0.999; not scaled by "
+                               "--lr_scaling)")
+    disc_width: str = opt("auto", "width of the mouth critic (auto: the UNet's)",
+                          choices=("auto", "full", "mobile", "tiny"))
+    disc_box: str | None = opt(None, "the critic's mouth box x0,y0,x1,y1 in the 320 crop, end exclusive (default "
+                                     "32,48,288,240: the lower face of the preprocessing crop)")
 
     def run_dir(self) -> Path:
         """--save_dir, else checkpoint/<name>."""

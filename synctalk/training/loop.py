@@ -170,6 +170,10 @@ class Task:
         """Extra fields of the state section after an epoch."""
         return {}
 
+    def extra_state(self) -> dict[str, Any]:
+        """Extra entries of the resume checkpoint (e.g. a critic's weights and optimizer; see RESUME_ONLY)."""
+        return {}
+
     # -- shared
     def train_mode(self) -> None:
         """The trained network in training mode."""
@@ -315,7 +319,7 @@ def time_steps(task: Task, steps: int, generator: torch.Generator | None = None)
 
 
 EPOCH_KEYS = ("train_loss", "train_acc", "l1", "perceptual", "sync", "val_loss", "val_acc", "offset_acc",
-              "offset_acc_1", "clip_offset", "val_l1", "val_psnr")
+              "offset_acc_1", "clip_offset", "adv_g", "adv_d", "val_l1", "val_psnr")
 
 
 def print_epoch(what: str, epoch: int, epochs: int, m: dict[str, float], best: bool) -> None:
@@ -451,6 +455,7 @@ def run_training(task_cls: type[Task], cfg: RunConfig, dist: Distributed) -> Tra
             payload = epoch_payload(task_cls.kind, task.model, task.optimizer, task.scaler, epoch, asr,
                                     task.network_config(), metrics, best_metrics, rng_state(task.generator))
             payload["run_config"] = run_config
+            payload.update(task.extra_state())
             kept = write_epoch(run_dir, payload, final_epoch=cfg.epochs, save_interval=cfg.save_interval,
                                keep=cfg.keep_checkpoints, improved=improved)
             state.update(task_cls.section, epochs=epoch, latest=str(latest_path(run_dir).resolve()),
@@ -473,7 +478,7 @@ def _save_step(task: Task, run_dir: Path, state: TrainingState, stopped: EpochIn
     after the last step, and where in the epoch it stopped (`step`), so the next run continues there."""
     payload = epoch_payload(task.kind, task.model, task.optimizer, task.scaler, epoch - 1, task.data.asr,
                             task.network_config(), metrics, best_metrics, rng_state(task.generator))
-    payload.update(run_config=run_config, step=stopped.position)
+    payload.update(run_config=run_config, step=stopped.position, **task.extra_state())
     save_checkpoint(latest_path(run_dir), payload)
     done = stopped.position["done_steps"]
     state.update(task.section, latest=str(latest_path(run_dir).resolve()),

@@ -3,7 +3,8 @@
 A sample is the inner 320 crop of frame i (target), the same crop with the mouth rectangle blacked
 out, the crop of a random other training frame (reference: what the person looks like), and the
 audio window of frame i. Loss = w_l1·L1 + w_p·perceptual (VGG19) + w_s·sync (the person's frozen
-SyncNet judging the prediction against the audio). Each epoch ends with held-out L1 and PSNR;
+SyncNet judging the prediction against the audio) + w_a·adversarial (a patch critic of the mouth,
+synctalk.training.adversarial; off unless --adversarial_weight is given). Each epoch ends with held-out L1 and PSNR;
 checkpoint_best.pth is the epoch with the lowest held-out L1. `UNetTask` is what the training loop
 (synctalk.training.loop) runs; `synctalk train-unet` starts it.
 """
@@ -27,6 +28,7 @@ from ..fileio import write_bytes_atomic
 from ..layout import DatasetLayout
 from ..losses import PerceptualLoss, load_perceptual_loss, sync_loss
 from ..state import MAIN, SYNCNET, TrainingState
+from .adversarial import STATE_KEY as ADVERSARY_KEY, Adversary, build_adversary
 from .checkpoint import unwrap
 from .config import UNetConfig
 from .loop import Speed, Task
@@ -36,6 +38,7 @@ from .syncnet import load_syncnet
 SECTION = MAIN
 BASE_BATCH = 8  # the batch size the default learning rate is meant for
 LOSS_TERMS = ("loss", "l1", "perceptual", "sync")
+ADVERSARIAL_TERMS = ("adv_g", "adv_d")  # the critic's verdict on the UNet, the critic's own loss
 MIN_SYNCNET_OFFSET_ACC = 0.2
 
 
@@ -74,17 +77,26 @@ class UNetLosses:
 
 
 def unet_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batch: Batch,
-              losses: UNetLosses, device: torch.device, amp: str, graphs: bool = False) -> torch.Tensor:
+              losses: UNetLosses, device: torch.device, amp: str, graphs: bool = False,
+              adversary: Adversary | None = None) -> torch.Tensor:
     """One optimisation step; returns the detached loss terms (a device tensor, no host sync).
-    `graphs`: the networks were compiled with CUDA graphs (maybe_compile)."""
+    `graphs`: the networks were compiled with CUDA graphs (maybe_compile). `adversary`: add its
+    term to the loss, then update the critic on this batch (the terms gain adv_g, adv_d)."""
     begin_step(graphs)
     with autocast(device, amp):
         pred = model(batch.img6, batch.audio)
         total, parts = losses(pred, batch.target, batch.audio)
+        if adversary is not None:
+            adv_g = adversary.generator_loss(pred)
+            total = total + adversary.weight * adv_g
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
     scaler.step(optimizer)
     scaler.update()
+    if adversary is not None:  # the critic learns from the prediction the UNet made before its update
+        adv_d = adversary.step(batch.target, pred)
+        parts = torch.cat([total.detach().float().reshape(1), parts[1:], adv_g.detach().reshape(1),
+                           adv_d.float().reshape(1)])
     return parts
 
 
@@ -247,8 +259,13 @@ class UNetTask(Task):
     def __init__(self, model: torch.nn.Module, data: FrameData, train_idx: Any, val_idx: Any, *,
                  perceptual: torch.nn.Module | None = None, syncnet: torch.nn.Module | None = None,
                  l1_weight: float = 1.0, perceptual_weight: float = 0.01, sync_weight: float = 10.0,
-                 mask: Sequence[int] = DEFAULT_MASK, see_res: bool = False, **kw: Any):
+                 mask: Sequence[int] = DEFAULT_MASK, see_res: bool = False, adversary: Adversary | None = None,
+                 **kw: Any):
         super().__init__(model, data, train_idx, val_idx, **kw)
+        self.adversary = adversary  # None: no critic (--adversarial_weight 0)
+        self.epoch: int | None = None  # set by epoch_batches; None (benchmarks): the critic takes part
+        if adversary is not None:
+            self.terms = type(self).terms + ADVERSARIAL_TERMS
         sp, dev = self.speed, self.device
         # the frozen loss networks run the step's way too: same layout, compiled into the same graphs
         if perceptual is not None:
@@ -282,9 +299,16 @@ class UNetTask(Task):
                                    progress=cfg.progress and dist.is_main, on_device=speed.cache_on_device,
                                    av_offset=av_offset)
         train_idx, val_idx = split_indices(len(data), cfg.val_fraction)
-        task = cls(build_unet(asr, cfg.width), data, train_idx, val_idx, perceptual=perceptual, syncnet=syncnet,
+        unet = build_unet(asr, cfg.width)  # before the critic: the UNet's initial weights stay those of an L1 run
+        adversary = build_adversary(
+            weight=cfg.adversarial_weight, start_epoch=cfg.adversarial_start_epoch, lr=cfg.disc_lr,
+            width=cfg.width if cfg.disc_width == "auto" else cfg.disc_width,
+            box=parse_mask(cfg.disc_box) if cfg.disc_box else None, device=device, amp=speed.amp,
+            channels_last=speed.channels_last, dist=dist, resume=resume, seed=cfg.seed)
+        task = cls(unet, data, train_idx, val_idx, perceptual=perceptual, syncnet=syncnet,
                    l1_weight=cfg.l1_weight, perceptual_weight=cfg.perceptual_weight, sync_weight=cfg.sync_weight,
-                   mask=mask, see_res=cfg.see_res, device=device, speed=speed, dist=dist, seed=cfg.seed,
+                   mask=mask, see_res=cfg.see_res, adversary=adversary, device=device, speed=speed, dist=dist,
+                   seed=cfg.seed,
                    sync_bn=cfg.sync_bn, resume=resume,
                    run_numbers={"width": cfg.width, "epochs": cfg.epochs, "val_fraction": cfg.val_fraction})
         task.syncnet_path, task.perceptual_name = syncnet_path, perceptual_name
@@ -297,6 +321,7 @@ class UNetTask(Task):
 
     def epoch_batches(self, epoch: int, start_step: int = 0) -> tuple[int, Iterator[tuple[Any, int]]]:
         """Every training frame once in random order (in runs of the critic's frames), each with a random reference."""
+        self.epoch = epoch  # the adversarial stage starts at its epoch
         pool, k, gen = self.pool, self.group, self.generator
         order = pool[torch.randperm(len(pool), generator=gen)]
         if k > 1:
@@ -313,14 +338,24 @@ class UNetTask(Task):
             yield self.data.unet_batch(idx, ref, self.mask), len(idx)
 
     def step(self, batch: Batch) -> torch.Tensor:
-        """One optimisation step: [total, l1, perceptual, sync] of the batch."""
+        """One optimisation step: [total, l1, perceptual, sync] (+ [adv_g, adv_d]) of the batch."""
+        adv = self.adversary
+        if adv is not None and self.epoch is not None and not adv.active(self.epoch):
+            parts = unet_step(self.step_model, self.optimizer, self.scaler, batch, self.losses, self.device,
+                              self.amp, self.graphs)
+            return torch.cat([parts, parts.new_zeros(len(ADVERSARIAL_TERMS))])  # the L1 warm-up
         return unet_step(self.step_model, self.optimizer, self.scaler, batch, self.losses, self.device, self.amp,
-                         self.graphs)
+                         self.graphs, adversary=adv)
 
     def active_terms(self) -> tuple[str, ...]:
-        """L1 always; perceptual and sync when they take part."""
+        """L1 always; perceptual, sync and the adversarial terms when they take part."""
+        adv = self.adversary is not None and (self.epoch is None or self.adversary.active(self.epoch))
         return ("train_loss", "l1") + (("perceptual",) if self.losses.perceptual is not None else ()) \
-            + (("sync",) if self.losses.syncnet is not None else ())
+            + (("sync",) if self.losses.syncnet is not None else ()) + (ADVERSARIAL_TERMS if adv else ())
+
+    def extra_state(self) -> dict[str, Any]:
+        """The critic's weights, optimizer and scaler (checkpoint_latest.pth only), when there is one."""
+        return {ADVERSARY_KEY: self.adversary.state_dict()} if self.adversary is not None else {}
 
     def evaluate(self) -> dict[str, float]:
         """Held-out L1 and PSNR."""
@@ -348,15 +383,25 @@ class UNetTask(Task):
                 "perceptual": self.perceptual_name, "l1_weight": self.losses.l1_weight,
                 "perceptual_weight": self.losses.perceptual_weight,
                 "sync_weight": self.losses.sync_weight if self.losses.syncnet is not None else 0.0,
+                **self._adversarial_config(),
                 "syncnet_checkpoint": str(self.syncnet_path.resolve()) if self.syncnet_path else None,
                 "amp": self.amp, "seed": self.seed, "frames": len(self.data), "crop_size": CROP_SIZE,
                 "inner_size": INNER, "world_size": self.dist.world_size,
                 "global_batch_size": self.speed.batch_size * self.dist.world_size, "av_offset": self.data.av_offset}
 
+    def _adversarial_config(self) -> dict[str, Any]:
+        adv = self.adversary
+        if adv is None:
+            return {"adversarial_weight": 0.0}
+        return {"adversarial_weight": adv.weight, "adversarial_start_epoch": adv.start_epoch, "disc_lr": adv.lr,
+                "disc_box": list(adv.model.box)}
+
     def describe(self) -> str:
         """The loss terms."""
         terms = ["L1"] + (["perceptual"] if self.losses.perceptual is not None else []) \
             + (["sync"] if self.losses.syncnet is not None else [])
+        if self.adversary is not None:
+            terms.append(f"adversarial ×{self.adversary.weight:g} from epoch {self.adversary.start_epoch}")
         return f"losses {' + '.join(terms)}, "
 
     def state_fields(self, run_dir: Path, best_metrics: dict[str, Any]) -> dict[str, Any]:

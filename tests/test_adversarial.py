@@ -1,0 +1,200 @@
+"""The UNet's adversarial stage: the mouth critic, its step, its checkpoint, its switch.
+
+Tiny networks on the CPU; real crops from a fixture clip (helpers_training's 16-frame person).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers_training import FAST, copy_dataset
+from synctalk.cli import main
+from synctalk.layout import checkpoint_layout
+from synctalk.training import Distributed
+from synctalk.training.adversarial import STATE_KEY, Adversary, build_adversary
+from unet_328 import MouthDiscriminator
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = torch.device("cpu")
+UNET_FAST = FAST[:FAST.index("--syncnet_pairs_per_epoch")]  # the rest are flags of `train` only
+
+
+def train_unet(work: Path, name: str, *extra: str) -> int:
+    return main(["train-unet", "--name", name, "--dataset_dir", str(work / "dataset"),
+                 "--checkpoint_dir", str(work / "checkpoint"), *UNET_FAST,
+                 "--syncnet", "off", "--perceptual", "none", *extra])
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def real_crops(source: Path, n: int = 8) -> torch.Tensor:
+    """(n, 3, 320, 320) float crops of the fixture person, as the UNet's targets are."""
+    from synctalk.data import load_frame_data
+    from synctalk.layout import dataset_layout
+
+    data = load_frame_data(dataset_layout(source.parent, source.name), "mel", device=CPU, progress=False,
+                           on_device=False)
+    return data.faces(torch.arange(n))
+
+
+def test_the_critic_sees_only_its_mouth_box_and_gives_patch_logits() -> None:
+    torch.manual_seed(0)
+    d = MouthDiscriminator("tiny")
+    x = torch.rand(2, 3, 320, 320)
+    out = d(x)
+    assert out.shape[:2] == (2, 1) and out.shape[2] > 4 and out.shape[3] > 4  # a grid of patches
+    y = x.clone()
+    y[..., :40, :] = 0  # above the box (rows 48-240): changes nothing
+    y[..., 250:, :] = 1
+    torch.testing.assert_close(d.eval()(y), d(x), rtol=0, atol=0)
+    y[..., 100:110, 100:110] = 0.5  # inside it: changes the verdict
+    assert not torch.equal(d(y), d(x))
+    assert torch.equal(d(d.crop(x)), d(x))  # an already cut box is taken as it is
+
+
+def test_the_critic_learns_to_tell_real_mouths_from_soft_dull_ones(source) -> None:
+    """A toy where real and fake differ as an early L1 UNet's output does (blurred, a little dull): the
+    critic's hinge loss, 2 while it cannot tell them apart, falls well below it."""
+    import torch.nn.functional as F
+
+    real = real_crops(source)
+    fake = F.avg_pool2d(real, 21, stride=1, padding=10, count_include_pad=False) * 0.9
+    torch.manual_seed(0)
+    adv = Adversary(MouthDiscriminator("tiny"), weight=0.1, start_epoch=1, lr=2e-3, device=CPU, amp="none")
+    losses = [float(adv.step(real, fake)) for _ in range(40)]
+    assert 1.8 < losses[0] < 2.2
+    assert sum(losses[-5:]) / 5 < 0.6 * losses[0], losses
+
+
+def test_the_generator_term_reaches_the_image_not_the_critic_and_runs_under_bf16() -> None:
+    torch.manual_seed(0)
+    adv = Adversary(MouthDiscriminator("tiny"), weight=0.1, start_epoch=1, lr=1e-3, device=CPU, amp="bf16",
+                    channels_last=True)
+    pred = torch.rand(2, 3, 320, 320, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g = adv.generator_loss(pred)
+    assert g.dtype == torch.float32
+    g.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    assert all(p.grad is None for p in adv.model.parameters())
+    assert all(p.requires_grad for p in adv.model.parameters())  # switched back on for its own step
+    d = adv.step(torch.rand(2, 3, 320, 320), pred)  # bf16 autocast, channels_last weights
+    assert torch.isfinite(d)
+
+
+def test_weight_zero_builds_no_critic_and_a_run_without_it_writes_none(source, work, capsys) -> None:
+    assert build_adversary(weight=0.0, start_epoch=1, lr=1e-4, width="tiny", box=None, device=CPU, amp="none",
+                           channels_last=False, dist=Distributed()) is None
+    copy_dataset(source, work / "dataset", "ned")
+    assert train_unet(work, "ned", "--epochs", "1") == 0
+    out = capsys.readouterr().out
+    assert "adversarial" not in out and "adv_g" not in out
+    ckpt = load(checkpoint_layout(work / "checkpoint", "ned").unet_dir / "checkpoint_latest.pth")
+    assert STATE_KEY not in ckpt and ckpt["config"]["adversarial_weight"] == 0.0
+    assert "adv_g" not in ckpt["metrics"]
+
+
+def test_an_adversarial_run_checkpoints_its_critic_and_resumes_it_exactly(source, work, capsys) -> None:
+    copy_dataset(source, work / "dataset", "ada")
+    run_dir = checkpoint_layout(work / "checkpoint", "ada").unet_dir
+    assert train_unet(work, "ada", "--epochs", "2", "--adversarial_weight", "0.05",
+                      "--adversarial_start_epoch", "2", "--disc_lr", "3e-4") == 0
+    out = capsys.readouterr().out
+    assert "adversarial ×0.05 from epoch 2" in out
+    first = [ln for ln in out.splitlines() if "UNet epoch 1/2" in ln][0]
+    second = [ln for ln in out.splitlines() if "UNet epoch 2/2" in ln][0]
+    assert "adv_g" not in first and "adv_g" in second and "adv_d" in second  # L1 alone before its epoch
+    ckpt = load(run_dir / "checkpoint_latest.pth")
+    saved = ckpt[STATE_KEY]
+    assert {"model", "optimizer", "scaler", "box"} <= set(saved) and saved["optimizer"]["state"]
+    assert torch.isfinite(torch.tensor([ckpt["metrics"]["adv_g"], ckpt["metrics"]["adv_d"]])).all()
+    assert ckpt["config"]["adversarial_weight"] == 0.05 and ckpt["config"]["disc_lr"] == 3e-4
+    assert STATE_KEY not in load(run_dir / "checkpoint_best.pth")  # model-only files stay small
+    assert STATE_KEY not in load(run_dir / "2.pth")
+
+    # what a resume builds holds exactly the saved critic and its optimizer moments
+    adv = build_adversary(weight=0.05, start_epoch=2, lr=3e-4, width="tiny", box=None, device=CPU, amp="none",
+                          channels_last=False, dist=Distributed(), resume=ckpt, seed=123)
+    for key, value in saved["model"].items():
+        assert torch.equal(adv.model.state_dict()[key], value), key
+    state = adv.optimizer.state_dict()["state"]
+    for k, v in saved["optimizer"]["state"].items():
+        assert torch.equal(state[k]["exp_avg"], v["exp_avg"]) and float(state[k]["step"]) == float(v["step"])
+
+    # the real resume: no "fresh critic" note, the critic keeps learning from where it was
+    capsys.readouterr()
+    assert train_unet(work, "ada", "--continue_training", "--epochs", "3") == 0
+    out = capsys.readouterr().out
+    assert "resuming UNet of ada from epoch 2" in out and "fresh" not in out and "adv_d" in out
+    after = load(run_dir / "checkpoint_latest.pth")[STATE_KEY]
+    steps = [float(v["step"]) for v in after["optimizer"]["state"].values()]
+    assert steps and all(s > float(next(iter(saved["optimizer"]["state"].values()))["step"]) for s in steps)
+
+
+def test_a_checkpoint_without_a_critic_starts_a_fresh_one_with_a_note(source, work, capsys) -> None:
+    copy_dataset(source, work / "dataset", "lea")
+    assert train_unet(work, "lea", "--epochs", "1") == 0
+    capsys.readouterr()
+    assert train_unet(work, "lea", "--continue_training", "--epochs", "2", "--adversarial_weight", "0.05") == 0
+    out = capsys.readouterr().out
+    assert "holds no discriminator" in out and "adv_d" in out
+    assert STATE_KEY in load(checkpoint_layout(work / "checkpoint", "lea").unet_dir / "checkpoint_latest.pth")
+
+
+# ---------------------------------------------------------------- two gloo ranks
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from synctalk.training import make_adam, make_scaler
+    from synctalk.training.unet import UNetLosses, unet_step
+    from unet_328 import build_unet
+
+    dist = Distributed.from_env()
+    device = dist.start("cpu")
+    try:
+        g = torch.Generator().manual_seed(1000 + rank)  # every rank its own samples
+        torch.manual_seed(rank)  # and its own initial weights: DDP must start both networks from rank 0's
+        unet = build_unet("mel", "tiny")
+        model = dist.wrap(unet, device)
+        opt, scaler = make_adam(unet.parameters(), 1e-3, device), make_scaler(device, "none")
+        adv = Adversary(MouthDiscriminator("tiny"), weight=0.1, start_epoch=1, lr=1e-3, device=device, amp="none",
+                        dist=dist)
+        batch = type("B", (), {})()
+        for _ in range(2):
+            batch.img6 = torch.rand(2, 6, 320, 320, generator=g)
+            batch.target = torch.rand(2, 3, 320, 320, generator=g)
+            batch.audio = torch.randn(2, *unet.audio_shape, generator=g)
+            parts = unet_step(model, opt, scaler, batch, UNetLosses(), device, "none", adversary=adv)
+        dist.barrier()
+        torch.save({"unet": {k: v.detach().clone() for k, v in unet.named_parameters()},
+                    "critic": {k: v.detach().clone() for k, v in adv.model.state_dict().items()},
+                    "parts": parts}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.stop()
+
+
+def test_two_ranks_keep_the_critic_and_the_unet_equal(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (load(tmp_path / f"rank{k}.pt") for k in (0, 1))
+    for net in ("unet", "critic"):
+        for key in r0[net]:
+            torch.testing.assert_close(r0[net][key], r1[net][key], rtol=0, atol=0, msg=f"{net}.{key}")
+    assert len(r0["parts"]) == 6 and not torch.equal(r0["parts"], r1["parts"])  # own data, shared weights

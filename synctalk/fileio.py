@@ -49,19 +49,26 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix, tmp_suffix = temp_name(path)
-    # the temporary name ends in the real suffix so tools that pick a format by extension still work
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=tmp_suffix + (suffix or path.suffix), dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        # the temporary name ends in the real suffix so tools that pick a format by extension still work
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=tmp_suffix + (suffix or path.suffix), dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         # mkstemp makes the file 0600; the finished file gets the mode the user's umask asks for
         os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        # a failed write() (disk full) names no file, a failed temp file names a name the user never
+        # chose: either way the message should name the file being written
+        if exc.filename is None or is_temp_name(Path(exc.filename).name):
+            exc.filename, exc.filename2 = str(path), None
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

@@ -8,6 +8,7 @@ where it stopped. Every file is written atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import time
@@ -21,12 +22,14 @@ import numpy as np
 from . import media
 from .audio.registry import ASR_MODELS, FPS, SAMPLE_RATE, get_spec
 from .errors import SyncTalkError
-from .fileio import atomic_path, cleanup_temporaries, save_npy_atomic, write_bytes_atomic, write_json_atomic
+from .fileio import atomic_path, remove_stale_temps, save_npy_atomic, write_bytes_atomic, write_json_atomic
 from .layout import DatasetLayout, dataset_layout
+from .locking import hold_lock
 from .state import TrainingState
 
 LANDMARKERS = ("pfld", "dlib")
 MAX_NO_FACE_FRACTION = 0.5
+MIN_SECONDS = 2.0  # shorter clips hold too few mouth shapes to learn from, and no held-out tail
 JPEG_QUALITY = 95
 
 
@@ -97,6 +100,11 @@ def _check_options(opts: PreprocessOptions) -> DatasetLayout:
         raise SyncTalkError(f"--fps must be positive, got {opts.fps}")
     if opts.detect_every < 1:
         raise SyncTalkError(f"--detect_every must be at least 1, got {opts.detect_every}")
+    dataset_dir = Path(opts.dataset_dir)
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        raise SyncTalkError(f"--dataset_dir {dataset_dir} is a file, not a folder")
+    if layout.root.exists() and not layout.root.is_dir():
+        raise SyncTalkError(f"{layout.root} is a file, not a folder: move it away or choose another --name")
     return layout
 
 
@@ -115,14 +123,25 @@ def _check_weights(opts: PreprocessOptions, need_faces: bool, need_features: boo
         check_weights(opts.asr_model, opts.models_dir)
 
 
-def _source_video(opts: PreprocessOptions, layout: DatasetLayout, state: TrainingState, result: PreprocessResult) -> Path:
-    """Keep the video as dataset/<name>/<name>.mp4 and return the 25 fps file frames come from."""
+def _probe_source(opts: PreprocessOptions) -> media.MediaInfo:
+    """Check the video before anything is written: it has both tracks and is long enough to learn from."""
     src = Path(opts.video_path)
     info = media.probe(src)
     if not info.has_video:
         raise SyncTalkError(f"{src} has no video track")
     if not info.has_audio:
         raise SyncTalkError(f"{src} has no audio track: the avatar learns from the person's speech")
+    frames = info.frame_count_at(opts.fps)
+    if frames < MIN_SECONDS * opts.fps:
+        raise SyncTalkError(f"{src} is {info.duration:.2f} s long ({frames} frames at {opts.fps} fps): too short to "
+                            f"learn from; record at least {MIN_SECONDS:g} s (a few minutes of speech is best)")
+    return info
+
+
+def _source_video(opts: PreprocessOptions, info: media.MediaInfo, layout: DatasetLayout, state: TrainingState,
+                  result: PreprocessResult) -> Path:
+    """Keep the video as dataset/<name>/<name>.mp4 and return the 25 fps file frames come from."""
+    src = Path(opts.video_path)
     layout.root.mkdir(parents=True, exist_ok=True)
     if src.resolve() != layout.video.resolve():
         if not layout.video.exists() or layout.video.stat().st_size != src.stat().st_size:
@@ -137,7 +156,7 @@ def _source_video(opts: PreprocessOptions, layout: DatasetLayout, state: Trainin
             media.convert_to_fps(layout.video, source, opts.fps)
             result.done_now.append(f"convert {info.fps} fps → {opts.fps} fps")
     state.set_top(fps=opts.fps, source_fps=info.fps, source_variable_fps=info.variable_fps,
-                  duration=info.duration, source_video=str(src))
+                  duration=info.duration, source_video=str(src.absolute()))
     return source
 
 
@@ -151,7 +170,6 @@ def _extract_frames(opts: PreprocessOptions, layout: DatasetLayout, source: Path
         result.skipped.append("frames")
         return int(sec["frame_count"])
     layout.frames_dir.mkdir(parents=True, exist_ok=True)
-    cleanup_temporaries(layout.frames_dir)
     expected = media.probe(source).frame_count_at(opts.fps)
     written = 0
     count = 0
@@ -218,7 +236,6 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
         shutil.rmtree(layout.landmarks_dir, ignore_errors=True)
         state.update("preprocessing", landmarks_done=False, crop_boxes_done=False, crop_cache_done=False)
     layout.landmarks_dir.mkdir(parents=True, exist_ok=True)
-    cleanup_temporaries(layout.landmarks_dir)
     state.update("preprocessing", landmarker=opts.landmarker)
     state.set_top(landmarker=opts.landmarker)
 
@@ -368,8 +385,22 @@ def _lip_activity(opts: PreprocessOptions, layout: DatasetLayout, count: int, st
         print(text, flush=True)
 
 
+def sweep_temporaries(layout: DatasetLayout) -> int:
+    """Remove what killed writers left in the dataset (root: video copy, crop cache, features; frames;
+    landmarks); return how many files. Run under the preprocessing lock."""
+    removed = sum(len(remove_stale_temps(d)) for d in (layout.root, layout.frames_dir, layout.landmarks_dir))
+    if removed:
+        print(f"note: removed {removed} temporary file{'s' * (removed != 1)} an interrupted run left in {layout.root}",
+              flush=True)
+    return removed
+
+
 def preprocess_video(opts: PreprocessOptions) -> PreprocessResult:
-    """Run (or finish) preprocessing of one video; return what was done and skipped."""
+    """Run (or finish) preprocessing of one video; return what was done and skipped.
+
+    One run per dataset name at a time: a second one meets the lock and stops with a message
+    naming the first.
+    """
     t0 = time.time()
     layout = _check_options(opts)
     video = Path(opts.video_path)
@@ -381,9 +412,26 @@ def preprocess_video(opts: PreprocessOptions) -> PreprocessResult:
     made = prev.get("feature_files") or {}
     need_features = not opts.skip_audio and opts.asr_model not in made
     _check_weights(opts, need_faces, need_features)
+    info = _probe_source(opts)
 
+    created = not layout.root.exists()
+    try:
+        with hold_lock(layout.preprocess_lock, f"preprocessing of {opts.name!r}"):
+            sweep_temporaries(layout)
+            return _preprocess_locked(opts, info, layout, state, t0)
+    except BaseException:
+        # a run that failed before writing anything leaves no empty dataset folder behind
+        if created and layout.root.is_dir() and not any(layout.root.iterdir()):
+            with contextlib.suppress(OSError):
+                layout.root.rmdir()
+        raise
+
+
+def _preprocess_locked(opts: PreprocessOptions, info: media.MediaInfo, layout: DatasetLayout, state: TrainingState,
+                       t0: float) -> PreprocessResult:
+    prev = state.section("preprocessing")  # read again: the run before ours may have finished meanwhile
     result = PreprocessResult(name=opts.name, layout=layout)
-    source = _source_video(opts, layout, state, result)
+    source = _source_video(opts, info, layout, state, result)
     if opts.skip_frames:
         count = int(prev.get("frame_count") or len(list(layout.frames_dir.glob("*.jpg"))))
         if count == 0:

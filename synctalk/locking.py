@@ -75,11 +75,15 @@ def _stale_notice(path: Path, what: str, info: dict[str, Any]) -> None:
           file=sys.stderr, flush=True)
 
 
-def _write_info(fd: int, info: dict[str, Any]) -> None:
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, (json.dumps(info) + "\n").encode("utf-8"))
-    os.fsync(fd)
+def _write_info(fd: int, path: Path, info: dict[str, Any]) -> None:
+    # no fsync: the kernel lock is what counts, the text only names the holder
+    try:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, (json.dumps(info) + "\n").encode("utf-8"))
+    except OSError as exc:
+        exc.filename = str(path)
+        raise
 
 
 @contextlib.contextmanager
@@ -106,7 +110,7 @@ def _flock(path: Path, what: str) -> Iterator[dict[str, Any]]:
         if left:  # a holder that finishes removes the file: this one was killed
             _stale_notice(path, what, left)
         info = _holder_info()
-        _write_info(fd, info)
+        _write_info(fd, path, info)
         yield info
     finally:
         # remove the file while still holding the lock, so no one locks a file about to vanish
@@ -142,7 +146,7 @@ def _exclusive_create(path: Path, what: str) -> Iterator[dict[str, Any]]:
         raise SyncTalkError(f"could not take the lock {path} of {what}: it keeps being replaced")
     info = _holder_info()
     try:
-        _write_info(fd, info)
+        _write_info(fd, path, info)
         yield info
     finally:
         os.close(fd)

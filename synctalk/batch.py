@@ -62,8 +62,12 @@ def items_from_list(list_file: Path) -> list[BatchItem]:
     """A list file: `path [name]` per line, '#' comments; relative paths are relative to the file."""
     if not list_file.is_file():
         raise SyncTalkError(f"list file not found: {list_file}")
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SyncTalkError(f"{list_file} is not a text file: expected one 'path [name]' line per video") from None
     items = []
-    for line in list_file.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -90,8 +94,8 @@ def items_from_json(config: Path) -> list[BatchItem]:
         raise SyncTalkError(f"{config}: expected an object with a \"videos\" list: {_JSON_SHAPE}")
     videos = data["videos"]
     if not isinstance(videos, list):
-        raise SyncTalkError(f"{config}: \"videos\" must be a list of entries, found {type(videos).__name__}: "
-                            f"{_JSON_SHAPE}")
+        found = {dict: "an object", str: "a string", type(None): "null"}.get(type(videos), type(videos).__name__)
+        raise SyncTalkError(f"{config}: \"videos\" must be a list of entries, found {found}: {_JSON_SHAPE}")
     problems = []
     items = []
     for k, v in enumerate(videos):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -100,6 +101,12 @@ def _check_options(opts: PreprocessOptions) -> DatasetLayout:
         raise SyncTalkError(f"--fps must be positive, got {opts.fps}")
     if opts.detect_every < 1:
         raise SyncTalkError(f"--detect_every must be at least 1, got {opts.detect_every}")
+    if opts.batch_size < 1:
+        raise SyncTalkError(f"--batch_size must be at least 1, got {opts.batch_size}")
+    if opts.detect_workers < 0:
+        raise SyncTalkError(f"--detect_workers must be 0 (automatic) or more, got {opts.detect_workers}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(opts.device)):
+        raise SyncTalkError(f"--device must be auto, cpu, cuda or cuda:N, got {opts.device!r}")
     dataset_dir = Path(opts.dataset_dir)
     if dataset_dir.exists() and not dataset_dir.is_dir():
         raise SyncTalkError(f"--dataset_dir {dataset_dir} is a file, not a folder")

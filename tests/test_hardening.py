@@ -365,7 +365,7 @@ def test_state_file_of_the_wrong_shape(tmp_path, capsys, short_clip, command, ca
 BAD_BATCH = {
     "no_path": ({"videos": [{"name": "a"}]}, "videos[0] has no \"path\""),
     "string_entry": ({"videos": ["a.mp4"]}, "videos[0] must be an object with a \"path\", found \"a.mp4\""),
-    "videos_object": ({"videos": {"path": "a.mp4"}}, "\"videos\" must be a list of entries, found dict"),
+    "videos_object": ({"videos": {"path": "a.mp4"}}, "\"videos\" must be a list of entries, found an object"),
     "top_list": ([{"path": "a.mp4"}], "expected an object with a \"videos\" list"),
     "name_number": ({"videos": [{"path": "a.mp4", "name": 3}]}, "videos[0].name must be a string"),
     "bad_asr": ({"videos": [{"path": "a.mp4", "asr_model": "whisper"}]}, "videos[0].asr_model 'whisper' is not one of"),

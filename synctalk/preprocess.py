@@ -26,7 +26,7 @@ from .errors import SyncTalkError
 from .fileio import atomic_path, remove_stale_temps, save_npy_atomic, write_bytes_atomic, write_json_atomic
 from .layout import DatasetLayout, dataset_layout
 from .locking import hold_lock
-from .state import TrainingState
+from .state import PREPROCESSING, TrainingState
 
 LANDMARKERS = ("pfld", "dlib")
 MAX_NO_FACE_FRACTION = 0.5
@@ -84,7 +84,15 @@ def write_landmarks(path: Path, points: np.ndarray) -> None:
 
 def read_landmarks(path: Path) -> np.ndarray:
     """Read one .lms file into a (P, 2) float32 array."""
-    return np.loadtxt(path, dtype=np.float32, ndmin=2)
+    try:
+        points = np.loadtxt(path, dtype=np.float32, ndmin=2)
+    except ValueError as exc:
+        raise SyncTalkError(f"landmark file {path} is damaged ({exc}); delete it and rerun preprocessing to "
+                            f"detect that frame again") from None
+    if points.shape[1] != 2 or not np.isfinite(points).all():
+        raise SyncTalkError(f"landmark file {path} is damaged (expected finite 'x y' lines, found shape "
+                            f"{points.shape}); delete it and rerun preprocessing to detect that frame again")
+    return points
 
 
 def load_all_landmarks(layout: DatasetLayout, count: int) -> np.ndarray:
@@ -173,7 +181,7 @@ def _extract_frames(opts: PreprocessOptions, layout: DatasetLayout, source: Path
     from tqdm import tqdm
 
     sec = state.section("preprocessing")
-    if sec.get("frames_done") and layout.frame_path(sec["frame_count"] - 1).exists():
+    if sec.get("frames_done") and sec.get("frame_count") and layout.frame_path(sec["frame_count"] - 1).exists():
         result.skipped.append("frames")
         return int(sec["frame_count"])
     layout.frames_dir.mkdir(parents=True, exist_ok=True)
@@ -222,6 +230,28 @@ def _missing_file(layout: DatasetLayout) -> Path:
     return layout.landmarks_dir / "no_face_frames.json"
 
 
+def _read_no_face(path: Path) -> list[int]:
+    """The frames found without a face so far (none when the file does not exist)."""
+    if not path.exists():
+        return []
+    try:
+        frames = json.loads(path.read_text(encoding="utf-8"))["frames"]
+        if isinstance(frames, list) and all(isinstance(i, int) for i in frames):
+            return frames
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise SyncTalkError(f"{path} is damaged (expected {{\"frames\": [frame numbers]}}): delete it and the "
+                        f"landmarks folder beside it, then rerun preprocessing")
+
+
+def _npy_rows(path: Path) -> int:
+    """Rows of a .npy file, or -1 when it is missing or unreadable (then it is made again)."""
+    try:
+        return int(np.load(path, mmap_mode="r").shape[0])
+    except (ValueError, OSError, IndexError):
+        return -1
+
+
 def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: int, state: TrainingState,
                        result: PreprocessResult) -> None:
     import cv2
@@ -247,7 +277,7 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
     state.set_top(landmarker=opts.landmarker)
 
     missing_path = _missing_file(layout)
-    no_face: list[int] = json.loads(missing_path.read_text())["frames"] if missing_path.exists() else []
+    no_face = _read_no_face(missing_path)
     todo = [i for i in range(count) if not layout.landmark_path(i).exists()]
     device = resolve_device(opts.device)
     if todo:
@@ -273,7 +303,11 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
                 next_frames = reader.submit(read_batch, batches[b + 1])
             for i, f in zip(idx, frames):
                 if f is None:
-                    raise SyncTalkError(f"frame {layout.frame_path(i)} is unreadable; rerun with the frames step")
+                    # the frames step writes only missing files: remove the bad one and let the rerun redo it
+                    layout.frame_path(i).unlink(missing_ok=True)
+                    state.update(PREPROCESSING, frames_done=False)
+                    raise SyncTalkError(f"frame {layout.frame_path(i)} was unreadable and is removed; rerun the same "
+                                        f"command to extract it again")
             lms, found = pipeline.process(frames)
             batch_missing = []
             for i, pts, ok in zip(idx, lms, found):
@@ -319,7 +353,7 @@ def _crop_boxes(opts: PreprocessOptions, layout: DatasetLayout, count: int, stat
     from .faces.topology import topology_for_points
 
     sec = state.section("preprocessing")
-    if sec.get("crop_boxes_done") and layout.crop_boxes.exists():
+    if sec.get("crop_boxes_done") and _npy_rows(layout.crop_boxes) == count:
         result.skipped.append("crop boxes")
         return
     lms = load_all_landmarks(layout, count)
@@ -344,11 +378,7 @@ def _features(opts: PreprocessOptions, layout: DatasetLayout, count: int, state:
     made = dict(sec.get("feature_files") or {})
     path = layout.features(opts.asr_model)
     if opts.asr_model in made and path.exists():
-        try:
-            rows = np.load(path, mmap_mode="r").shape[0]
-        except (ValueError, OSError):
-            rows = -1
-        if rows == count:
+        if _npy_rows(path) == count:
             result.skipped.append(f"features ({opts.asr_model})")
             return
     audio = media.load_audio(layout.audio_wav, SAMPLE_RATE)

@@ -402,3 +402,64 @@ def test_state_paths_do_not_depend_on_the_working_folder(tmp_path, monkeypatch):
     monkeypatch.chdir("/")
     sec = TrainingState(tmp_path / "dataset" / "p" / ".training_state.json").section("syncnet_training")
     assert sec["checkpoint"] == str(tmp_path / "dataset" / "p" / "best.pth")
+
+
+# ---------------------------------------------------------------- damaged dataset files on a rerun
+
+
+@pytest.fixture(scope="module")
+def done_dataset(tmp_path_factory, short_clip) -> Path:
+    """dataset/ holding one finished person "p" (the short clip), copied by each test."""
+    from synctalk.preprocess import PreprocessOptions, preprocess_video
+
+    ds = tmp_path_factory.mktemp("done") / "dataset"
+    preprocess_video(PreprocessOptions(video_path=short_clip, name="p", dataset_dir=ds, asr_model="mel",
+                                       landmarker="dlib", models_dir=MODELS, device="cpu", progress=False))
+    return ds
+
+
+def _set_state(root: Path, **fields) -> None:
+    path = root / ".training_state.json"
+    data = json.loads(path.read_text())
+    data["preprocessing"].update(fields)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("case", ["garbage_lms", "garbage_no_face", "garbage_boxes", "empty_frame", "no_count"])
+def test_damaged_dataset_files_are_remade_or_named(tmp_path, capsys, short_clip, done_dataset, case):
+    ds = tmp_path / "dataset"
+    shutil.copytree(done_dataset, ds)
+    root = ds / "p"
+    expect, fixed_by_rerun = "", False
+    if case == "garbage_lms":
+        (root / "landmarks" / "000003.lms").write_text("nan x\n")
+        (root / "crop_boxes.npy").unlink()
+        _set_state(root, crop_boxes_done=False)
+        expect = f"landmark file {root / 'landmarks' / '000003.lms'} is damaged"
+    elif case == "garbage_no_face":
+        (root / "landmarks" / "no_face_frames.json").write_text("{")
+        (root / "landmarks" / "000005.lms").unlink()
+        _set_state(root, landmarks_done=False)
+        expect = f"{root / 'landmarks' / 'no_face_frames.json'} is damaged"
+    elif case == "garbage_boxes":  # remade at once
+        (root / "crop_boxes.npy").write_text("x")
+        _set_state(root, crop_cache_done=False)
+    elif case == "empty_frame":  # removed, and the rerun extracts it again
+        (root / "full_body_img" / "000003.jpg").write_bytes(b"")
+        shutil.rmtree(root / "landmarks")
+        _set_state(root, landmarks_done=False)
+        expect, fixed_by_rerun = f"frame {root / 'full_body_img' / '000003.jpg'} was unreadable and is removed", True
+    else:
+        data = json.loads((root / ".training_state.json").read_text())
+        del data["preprocessing"]["frame_count"]
+        (root / ".training_state.json").write_text(json.dumps(data))
+    argv = _pre_args(short_clip, "p", ds)
+    code, text = _run_main(capsys, *argv)
+    if expect:
+        assert code == 1 and expect in text, text
+    if not expect or fixed_by_rerun:
+        if fixed_by_rerun:
+            code, text = _run_main(capsys, *argv)
+        assert code == 0, text
+        assert TrainingState(root / ".training_state.json").section("preprocessing")["completed"]
+    assert not _no_temps(root)

@@ -116,8 +116,12 @@ def _check_options(opts: PreprocessOptions) -> DatasetLayout:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(opts.device)):
         raise SyncTalkError(f"--device must be auto, cpu, cuda or cuda:N, got {opts.device!r}")
     dataset_dir = Path(opts.dataset_dir)
-    if dataset_dir.exists() and not dataset_dir.is_dir():
-        raise SyncTalkError(f"--dataset_dir {dataset_dir} is a file, not a folder")
+    for folder in (dataset_dir, *dataset_dir.absolute().parents):  # the nearest that exists must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == dataset_dir else f": {folder} is a file, not a folder"
+                raise SyncTalkError(f"--dataset_dir {dataset_dir}{where or ' is a file, not a folder'}")
+            break
     if layout.root.exists() and not layout.root.is_dir():
         raise SyncTalkError(f"{layout.root} is a file, not a folder: move it away or choose another --name")
     return layout

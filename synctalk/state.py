@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import SyncTalkError
+from .errors import SyncTalkError, os_error_message
 from .fileio import write_json_atomic
 
 # the section names, one home: use these constants, not the strings
@@ -152,7 +152,7 @@ class TrainingState:
         except UnicodeDecodeError:
             raise self._fail(["it is not UTF-8 text"]) from None
         except OSError as exc:
-            raise SyncTalkError(f"cannot read the state file {self.path}: {exc.strerror or exc}") from None
+            raise SyncTalkError(f"cannot read the state file: {os_error_message(exc)}") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -272,15 +272,23 @@ def test_too_short_video_is_refused_with_its_length(tmp_path, capsys):
     assert not (tmp_path / "dataset" / "blink").exists()
 
 
-@pytest.mark.parametrize("case", ["long_name", "dataset_dir_file", "person_dir_file", "unwritable"])
+@pytest.mark.parametrize("case", ["long_name", "long_folder", "dataset_dir_file", "under_a_file", "person_dir_file",
+                                  "unwritable"])
 def test_file_system_problems_are_messages(tmp_path, capsys, short_clip, case):
     name, ds = "p", tmp_path / "dataset"
     undo = None
     if case == "long_name":
         name, expect = "a" * 300, "300 characters"
+    elif case == "long_folder":  # a folder name the file system cannot hold
+        ds = tmp_path / ("d" * 300)
+        expect = f"file name too long: {ds}"
     elif case == "dataset_dir_file":
         ds.write_text("x")
         expect = f"--dataset_dir {ds} is a file, not a folder"
+    elif case == "under_a_file":
+        (tmp_path / "afile").write_text("x")
+        ds = tmp_path / "afile" / "dataset"
+        expect = f"--dataset_dir {ds}: {tmp_path / 'afile'} is a file, not a folder"
     elif case == "person_dir_file":
         ds.mkdir()
         (ds / "p").write_text("x")

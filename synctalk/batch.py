@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .audio.registry import ASR_MODELS
-from .errors import SyncTalkError
+from .errors import SyncTalkError, os_error_message
 from .layout import dataset_layout
 from .preprocess import LANDMARKERS, PreprocessOptions, preprocess_video
 from .state import TrainingState
@@ -62,8 +62,12 @@ def items_from_list(list_file: Path) -> list[BatchItem]:
     """A list file: `path [name]` per line, '#' comments; relative paths are relative to the file."""
     if not list_file.is_file():
         raise SyncTalkError(f"list file not found: {list_file}")
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SyncTalkError(f"{list_file} is not a text file: expected one 'path [name]' line per video") from None
     items = []
-    for line in list_file.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -75,21 +79,46 @@ def items_from_list(list_file: Path) -> list[BatchItem]:
     return items
 
 
+_JSON_SHAPE = '{"videos": [{"path": "video.mp4", "name": "person", "asr_model": "ave"}, ...]}'
+
+
 def items_from_json(config: Path) -> list[BatchItem]:
-    """A JSON config: {"videos": [{"path", "name", "asr_model"}]}."""
+    """A JSON config: {"videos": [{"path", "name", "asr_model"}]}; relative paths are relative to the file."""
     if not config.is_file():
         raise SyncTalkError(f"JSON config not found: {config}")
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
-        videos = data["videos"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise SyncTalkError(f"{config}: expected {{\"videos\": [{{\"path\": ..., \"name\": ...}}]}} ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SyncTalkError(f"{config} is not valid JSON ({exc}); expected {_JSON_SHAPE}") from None
+    if not isinstance(data, dict) or "videos" not in data:
+        raise SyncTalkError(f"{config}: expected an object with a \"videos\" list: {_JSON_SHAPE}")
+    videos = data["videos"]
+    if not isinstance(videos, list):
+        found = {dict: "an object", str: "a string", type(None): "null"}.get(type(videos), type(videos).__name__)
+        raise SyncTalkError(f"{config}: \"videos\" must be a list of entries, found {found}: {_JSON_SHAPE}")
+    problems = []
     items = []
-    for v in videos:
+    for k, v in enumerate(videos):
+        where = f"videos[{k}]"
+        if not isinstance(v, dict):
+            problems.append(f"{where} must be an object with a \"path\", found {json.dumps(v)[:60]}")
+            continue
+        if not isinstance(v.get("path"), str) or not v["path"]:
+            problems.append(f"{where} has no \"path\" (the video file)")
+            continue
+        for key in ("name", "asr_model"):
+            if v.get(key) is not None and not isinstance(v[key], str):
+                problems.append(f"{where}.{key} must be a string, found {json.dumps(v[key])[:40]}")
+        if v.get("asr_model") is not None and v["asr_model"] not in ASR_MODELS:
+            problems.append(f"{where}.asr_model {v['asr_model']!r} is not one of {', '.join(ASR_MODELS)}")
         path = Path(v["path"])
         if not path.is_absolute():
             path = config.parent / path
         items.append(BatchItem(path, v.get("name") or path.stem, v.get("asr_model")))
+    if problems:
+        # nothing is run when the config is wrong: a fixed config then runs every video once
+        raise SyncTalkError(f"{config}: " + "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more"
+                                                                        if len(problems) > 5 else ""))
     return items
 
 
@@ -114,6 +143,8 @@ def _run_one(opts: PreprocessOptions, gpu: str | None) -> BatchOutcome:
                             result.frame_count, result.seconds, lips=_lips(result.lip_activity))
     except SyncTalkError as exc:
         return BatchOutcome(opts.name, str(opts.video_path), "failed", str(exc))
+    except OSError as exc:  # not writable, disk full, name too long: words, not a traceback
+        return BatchOutcome(opts.name, str(opts.video_path), "failed", os_error_message(exc))
     except Exception as exc:  # noqa: BLE001 - one bad video must not stop the batch
         return BatchOutcome(opts.name, str(opts.video_path), "failed",
                             f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")

@@ -33,8 +33,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, dispatch, and turn a SyncTalkError into a message and exit code 1."""
-    from .errors import SyncTalkError
+    """Parse, dispatch, and turn a SyncTalkError or a file-system error into a message and exit code 1."""
+    from .errors import SyncTalkError, os_error_message
 
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except SyncTalkError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # not a folder, not writable, name too long, disk full: the user can fix these
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to continue where it stopped", file=sys.stderr)

@@ -11,6 +11,9 @@ from .errors import SyncTalkError
 
 FRAME_EXT = "jpg"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# file systems allow 255 bytes per name; <name>.mp4 and its temporary `.<name>.mp4.st<pid>-<8>.tmp.mp4`
+# add about 40, so longer names would fail half-way through a run
+MAX_NAME_LENGTH = 200
 
 
 def validate_name(name: str) -> str:
@@ -19,6 +22,8 @@ def validate_name(name: str) -> str:
         raise SyncTalkError(
             f"invalid name {name!r}: use letters, digits, '_', '-' or '.', with no '/', '\\' or '..'"
         )
+    if len(name) > MAX_NAME_LENGTH:
+        raise SyncTalkError(f"invalid name {name[:40]!r}… ({len(name)} characters): use at most {MAX_NAME_LENGTH}")
     return name
 
 
@@ -65,6 +70,11 @@ class DatasetLayout:
         return self.root / ".training_state.json"
 
     @property
+    def preprocess_lock(self) -> Path:
+        """Held (synctalk.locking) while a preprocessing run writes this folder."""
+        return self.root / ".preprocess.lock"
+
+    @property
     def fps_converted_video(self) -> Path:
         return self.root / ".source_25fps.mp4"
 
@@ -108,6 +118,11 @@ class CheckpointLayout:
     @staticmethod
     def best(directory: Path) -> Path:
         return directory / "checkpoint_best.pth"
+
+    @staticmethod
+    def lock(directory: Path) -> Path:
+        """Held (synctalk.locking.hold_lock) while a training run writes `directory`."""
+        return directory / ".lock"
 
     @staticmethod
     def epoch(directory: Path, epoch: int) -> Path:

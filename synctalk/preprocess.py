@@ -8,7 +8,9 @@ where it stopped. Every file is written atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +24,14 @@ from . import media
 from .audio.registry import ASR_MODELS, FPS, SAMPLE_RATE, get_spec
 from .errors import SyncTalkError
 from .faces.lms import load_all_landmarks, read_landmarks, write_landmarks  # noqa: F401  (public here too)
-from .fileio import atomic_path, cleanup_temporaries, save_npy_atomic, write_bytes_atomic, write_json_atomic
+from .fileio import atomic_path, remove_stale_temps, save_npy_atomic, write_bytes_atomic, write_json_atomic
 from .layout import DatasetLayout, dataset_layout
-from .state import TrainingState
+from .locking import hold_lock
+from .state import PREPROCESSING, TrainingState
 
 LANDMARKERS = ("pfld", "dlib")
 MAX_NO_FACE_FRACTION = 0.5
+MIN_SECONDS = 2.0  # shorter clips hold too few mouth shapes to learn from, and no held-out tail
 JPEG_QUALITY = 95
 
 
@@ -83,6 +87,21 @@ def _check_options(opts: PreprocessOptions) -> DatasetLayout:
         raise SyncTalkError(f"--fps must be positive, got {opts.fps}")
     if opts.detect_every < 1:
         raise SyncTalkError(f"--detect_every must be at least 1, got {opts.detect_every}")
+    if opts.batch_size < 1:
+        raise SyncTalkError(f"--batch_size must be at least 1, got {opts.batch_size}")
+    if opts.detect_workers < 0:
+        raise SyncTalkError(f"--detect_workers must be 0 (automatic) or more, got {opts.detect_workers}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(opts.device)):
+        raise SyncTalkError(f"--device must be auto, cpu, cuda or cuda:N, got {opts.device!r}")
+    dataset_dir = Path(opts.dataset_dir)
+    for folder in (dataset_dir, *dataset_dir.absolute().parents):  # the nearest that exists must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == dataset_dir else f": {folder} is a file, not a folder"
+                raise SyncTalkError(f"--dataset_dir {dataset_dir}{where or ' is a file, not a folder'}")
+            break
+    if layout.root.exists() and not layout.root.is_dir():
+        raise SyncTalkError(f"{layout.root} is a file, not a folder: move it away or choose another --name")
     return layout
 
 
@@ -101,14 +120,25 @@ def _check_weights(opts: PreprocessOptions, need_faces: bool, need_features: boo
         check_weights(opts.asr_model, opts.models_dir, whisper_model=opts.whisper_model)
 
 
-def _source_video(opts: PreprocessOptions, layout: DatasetLayout, state: TrainingState, result: PreprocessResult) -> Path:
-    """Keep the video as dataset/<name>/<name>.mp4 and return the 25 fps file frames come from."""
+def _probe_source(opts: PreprocessOptions) -> media.MediaInfo:
+    """Check the video before anything is written: it has both tracks and is long enough to learn from."""
     src = Path(opts.video_path)
     info = media.probe(src)
     if not info.has_video:
         raise SyncTalkError(f"{src} has no video track")
     if not info.has_audio:
         raise SyncTalkError(f"{src} has no audio track: the avatar learns from the person's speech")
+    frames = info.frame_count_at(opts.fps)
+    if frames < MIN_SECONDS * opts.fps:
+        raise SyncTalkError(f"{src} is {info.duration:.2f} s long ({frames} frames at {opts.fps} fps): too short to "
+                            f"learn from; record at least {MIN_SECONDS:g} s (a few minutes of speech is best)")
+    return info
+
+
+def _source_video(opts: PreprocessOptions, info: media.MediaInfo, layout: DatasetLayout, state: TrainingState,
+                  result: PreprocessResult) -> Path:
+    """Keep the video as dataset/<name>/<name>.mp4 and return the 25 fps file frames come from."""
+    src = Path(opts.video_path)
     layout.root.mkdir(parents=True, exist_ok=True)
     if src.resolve() != layout.video.resolve():
         if not layout.video.exists() or layout.video.stat().st_size != src.stat().st_size:
@@ -123,7 +153,7 @@ def _source_video(opts: PreprocessOptions, layout: DatasetLayout, state: Trainin
             media.convert_to_fps(layout.video, source, opts.fps)
             result.done_now.append(f"convert {info.fps} fps → {opts.fps} fps")
     state.set_top(fps=opts.fps, source_fps=info.fps, source_variable_fps=info.variable_fps,
-                  duration=info.duration, source_video=str(src))
+                  duration=info.duration, source_video=str(src.absolute()))
     return source
 
 
@@ -133,11 +163,10 @@ def _extract_frames(opts: PreprocessOptions, layout: DatasetLayout, source: Path
     from tqdm import tqdm
 
     sec = state.section("preprocessing")
-    if sec.get("frames_done") and layout.frame_path(sec["frame_count"] - 1).exists():
+    if sec.get("frames_done") and sec.get("frame_count") and layout.frame_path(sec["frame_count"] - 1).exists():
         result.skipped.append("frames")
         return int(sec["frame_count"])
     layout.frames_dir.mkdir(parents=True, exist_ok=True)
-    cleanup_temporaries(layout.frames_dir)
     expected = media.probe(source).frame_count_at(opts.fps)
     written = 0
     count = 0
@@ -183,6 +212,28 @@ def _missing_file(layout: DatasetLayout) -> Path:
     return layout.landmarks_dir / "no_face_frames.json"
 
 
+def _read_no_face(path: Path) -> list[int]:
+    """The frames found without a face so far (none when the file does not exist)."""
+    if not path.exists():
+        return []
+    try:
+        frames = json.loads(path.read_text(encoding="utf-8"))["frames"]
+        if isinstance(frames, list) and all(isinstance(i, int) for i in frames):
+            return frames
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise SyncTalkError(f"{path} is damaged (expected {{\"frames\": [frame numbers]}}): delete it and the "
+                        f"landmarks folder beside it, then rerun preprocessing")
+
+
+def _npy_rows(path: Path) -> int:
+    """Rows of a .npy file, or -1 when it is missing or unreadable (then it is made again)."""
+    try:
+        return int(np.load(path, mmap_mode="r").shape[0])
+    except (ValueError, OSError, IndexError):
+        return -1
+
+
 def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: int, state: TrainingState,
                        result: PreprocessResult) -> None:
     import cv2
@@ -204,12 +255,11 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
         shutil.rmtree(layout.landmarks_dir, ignore_errors=True)
         state.update("preprocessing", landmarks_done=False, crop_boxes_done=False, crop_cache_done=False)
     layout.landmarks_dir.mkdir(parents=True, exist_ok=True)
-    cleanup_temporaries(layout.landmarks_dir)
     state.update("preprocessing", landmarker=opts.landmarker)
     state.set_top(landmarker=opts.landmarker)
 
     missing_path = _missing_file(layout)
-    no_face: list[int] = json.loads(missing_path.read_text())["frames"] if missing_path.exists() else []
+    no_face = _read_no_face(missing_path)
     todo = [i for i in range(count) if not layout.landmark_path(i).exists()]
     device = resolve_device(opts.device)
     if todo:
@@ -235,7 +285,11 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
                 next_frames = reader.submit(read_batch, batches[b + 1])
             for i, f in zip(idx, frames):
                 if f is None:
-                    raise SyncTalkError(f"frame {layout.frame_path(i)} is unreadable; rerun with the frames step")
+                    # the frames step writes only missing files: remove the bad one and let the rerun redo it
+                    layout.frame_path(i).unlink(missing_ok=True)
+                    state.update(PREPROCESSING, frames_done=False)
+                    raise SyncTalkError(f"frame {layout.frame_path(i)} was unreadable and is removed; rerun the same "
+                                        f"command to extract it again")
             lms, found = pipeline.process(frames)
             batch_missing = []
             for i, pts, ok in zip(idx, lms, found):
@@ -281,7 +335,7 @@ def _crop_boxes(opts: PreprocessOptions, layout: DatasetLayout, count: int, stat
     from .faces.topology import topology_for_points
 
     sec = state.section("preprocessing")
-    if sec.get("crop_boxes_done") and layout.crop_boxes.exists():
+    if sec.get("crop_boxes_done") and _npy_rows(layout.crop_boxes) == count:
         result.skipped.append("crop boxes")
         return
     lms = load_all_landmarks(layout, count)
@@ -313,11 +367,7 @@ def _features(opts: PreprocessOptions, layout: DatasetLayout, count: int, state:
     made = dict(sec.get("feature_files") or {})
     path = layout.features(opts.asr_model)
     if opts.asr_model in made and path.exists():
-        try:
-            rows = np.load(path, mmap_mode="r").shape[0]
-        except (ValueError, OSError):
-            rows = -1
-        if rows == count:
+        if _npy_rows(path) == count:
             result.skipped.append(f"features ({opts.asr_model})")
             return
     audio = media.load_audio(layout.audio_wav, SAMPLE_RATE)
@@ -366,8 +416,22 @@ def _lip_activity(opts: PreprocessOptions, layout: DatasetLayout, count: int, st
         print(text, flush=True)
 
 
+def sweep_temporaries(layout: DatasetLayout) -> int:
+    """Remove what killed writers left in the dataset (root: video copy, crop cache, features; frames;
+    landmarks); return how many files. Run under the preprocessing lock."""
+    removed = sum(len(remove_stale_temps(d)) for d in (layout.root, layout.frames_dir, layout.landmarks_dir))
+    if removed:
+        print(f"note: removed {removed} temporary file{'s' * (removed != 1)} an interrupted run left in {layout.root}",
+              flush=True)
+    return removed
+
+
 def preprocess_video(opts: PreprocessOptions) -> PreprocessResult:
-    """Run (or finish) preprocessing of one video; return what was done and skipped."""
+    """Run (or finish) preprocessing of one video; return what was done and skipped.
+
+    One run per dataset name at a time: a second one meets the lock and stops with a message
+    naming the first.
+    """
     t0 = time.time()
     layout = _check_options(opts)
     video = Path(opts.video_path)
@@ -379,9 +443,26 @@ def preprocess_video(opts: PreprocessOptions) -> PreprocessResult:
     made = prev.get("feature_files") or {}
     need_features = not opts.skip_audio and opts.asr_model not in made
     _check_weights(opts, need_faces, need_features)
+    info = _probe_source(opts)
 
+    created = not layout.root.exists()
+    try:
+        with hold_lock(layout.preprocess_lock, f"preprocessing of {opts.name!r}"):
+            sweep_temporaries(layout)
+            return _preprocess_locked(opts, info, layout, state, t0)
+    except BaseException:
+        # a run that failed before writing anything leaves no empty dataset folder behind
+        if created and layout.root.is_dir() and not any(layout.root.iterdir()):
+            with contextlib.suppress(OSError):
+                layout.root.rmdir()
+        raise
+
+
+def _preprocess_locked(opts: PreprocessOptions, info: media.MediaInfo, layout: DatasetLayout, state: TrainingState,
+                       t0: float) -> PreprocessResult:
+    prev = state.section("preprocessing")  # read again: the run before ours may have finished meanwhile
     result = PreprocessResult(name=opts.name, layout=layout)
-    source = _source_video(opts, layout, state, result)
+    source = _source_video(opts, info, layout, state, result)
     if opts.skip_frames:
         count = int(prev.get("frame_count") or len(list(layout.frames_dir.glob("*.jpg"))))
         if count == 0:

@@ -41,10 +41,10 @@ def _av_offset_mark(pre: dict) -> tuple[str, str]:
 def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[list[tuple[str, str, str]], str]:
     """(step, state, detail) rows and the next command to run."""
     layout = dataset_layout(dataset_dir, name)
-    if not layout.root.exists():
+    if not layout.root.is_dir():
         raise SyncTalkError(f"no dataset for {name!r} in {dataset_dir} (run `synctalk preprocess --name {name} ...`)")
     state = TrainingState(layout.state_file)
-    data = state.load()
+    data = state.load()  # checked against the state file's shape: a damaged file is one message, not a crash
     pre = data.get("preprocessing") or {}
     syn = data.get("syncnet_training") or {}
     main = data.get("main_training") or {}

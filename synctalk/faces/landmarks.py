@@ -80,8 +80,45 @@ def load_mean_face(path: str | os.PathLike, num_points: int = 110) -> np.ndarray
     return values
 
 
+def _pfld_safe_globals() -> list:
+    """What PFLD training scripts pickle beside the weights and may be rebuilt without running code:
+    argparse namespaces (the run's flags) and numpy scalars/arrays (losses, epoch numbers)."""
+    import argparse
+
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+
+    dtype_classes = [type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                                                    "uint32", "uint64", "float16", "float32", "float64")]
+    return [argparse.Namespace, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtype_classes]
+
+
+def _unsafe_reason(path: Path, exc: Exception) -> str:
+    """What in a checkpoint the weights-only unpickler would not rebuild, in a few words."""
+    import re
+
+    import torch
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: the unpickler's own words are all there is
+        names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+    if names:
+        return f"it asks for {', '.join(names[:5])}"
+    detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()
+    return f"it holds pickled objects beyond tensors ({detail[0][:120] if detail else 'unreadable'})"
+
+
 def load_pfld_state_dict(path: str | os.PathLike) -> dict:
-    """The backbone state dict of a PFLD checkpoint (`{"pfld_backbone": ...}` or a bare state dict)."""
+    """The backbone state dict of a PFLD checkpoint (`{"pfld_backbone": ...}` or a bare state dict).
+
+    Read with torch's weights-only unpickler and a short allow-list (see _pfld_safe_globals): a
+    checkpoint that needs any other class could run code when loaded, so it is refused.
+    """
     import pickle
 
     import torch
@@ -90,13 +127,16 @@ def load_pfld_state_dict(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise SyncTalkError(f"PFLD checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Training scripts sometimes pickle extra objects (argparse namespaces, numpy scalars)
-        # beside the weights; the file comes from the user's own models directory.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise SyncTalkError(f"cannot read PFLD checkpoint {path}: {exc}") from exc
+        with torch.serialization.safe_globals(_pfld_safe_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise SyncTalkError(
+            f"refused to load PFLD checkpoint {path}: {_unsafe_reason(path, exc)}, and loading it could run "
+            "code from the file. Use the original checkpoint, or re-save its weights only: "
+            "torch.save({'pfld_backbone': state_dict}, path)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - zip, torch and OS errors all mean "not a file we can read"
+        raise SyncTalkError(f"cannot read PFLD checkpoint {path}: {exc}") from None
     if isinstance(ckpt, dict) and "pfld_backbone" in ckpt:
         state = ckpt["pfld_backbone"]
     elif isinstance(ckpt, dict) and any(k.endswith("conv_out.weight") for k in ckpt):

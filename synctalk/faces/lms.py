@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import SyncTalkError
 from ..fileio import write_bytes_atomic
 from ..layout import DatasetLayout
 
@@ -17,8 +18,16 @@ def write_landmarks(path: Path, points: np.ndarray) -> None:
 
 
 def read_landmarks(path: Path) -> np.ndarray:
-    """Read one .lms file into a (P, 2) float32 array."""
-    return np.loadtxt(path, dtype=np.float32, ndmin=2)
+    """Read one .lms file into a (P, 2) float32 array (a damaged file is a SyncTalkError naming it)."""
+    try:
+        points = np.loadtxt(path, dtype=np.float32, ndmin=2)
+    except ValueError as exc:
+        raise SyncTalkError(f"landmark file {path} is damaged ({exc}); delete it and rerun preprocessing to "
+                            f"detect that frame again") from None
+    if points.shape[1] != 2 or not np.isfinite(points).all():
+        raise SyncTalkError(f"landmark file {path} is damaged (expected finite 'x y' lines, found shape "
+                            f"{points.shape}); delete it and rerun preprocessing to detect that frame again")
+    return points
 
 
 def load_all_landmarks(layout: DatasetLayout, count: int) -> np.ndarray:

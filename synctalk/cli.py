@@ -11,7 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("synctalk.preprocess", "one video → dataset/<name>/ (frames, landmarks, audio features)"),
     "batch-preprocess": ("synctalk.batch", "preprocess many videos (folder, list file or JSON config)"),
     "status": ("synctalk.status", "show what is done for a person and what comes next"),
-    "models": ("synctalk.weights", "list or download model weights"),
+    "models": ("synctalk.models_command", "list or download model weights"),
     "train": ("synctalk.training.command", "train the SyncNet (--train_syncnet) or the UNet-328"),
     "infer": ("synctalk.render", "render new speech into a lip-synced video of the person"),
     "eval": ("synctalk.evaluate", "render the held-out tail and score it against the real frames"),

@@ -161,7 +161,7 @@ def _face_boxes(detector: Any, frames: Sequence[np.ndarray],
 def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: str | Path = "checkpoint",
              checkpoint: str | Path | None = None, device: Any = "auto", models_dir: str | Path | None = None,
              batch_size: int = 16, val_fraction: float | None = None, shift: int = SHIFT_FRAMES,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, detector: str = "auto") -> EvalResult:
     """Render the person's held-out tail (true and shifted audio) and score it against the real frames."""
     import cv2
     import torch
@@ -169,16 +169,16 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
 
     from .data import load_crop_cache, load_features, split_indices
     from .device import resolve_device
-    from .faces.detector import FaceDetector
+    from .faces.factory import choose_detector, create_detector
     from .faces.landmarks import create_landmarker
     from .render import Generator, crops_to_uint8, load_boxes, load_generator, paste_back, resolve_checkpoint
-    from .weights import resolve_model_file
 
     layout = dataset_layout(dataset_dir, name)
     ckpt_path = resolve_checkpoint(checkpoint_dir, name, checkpoint)
     boxes = load_boxes(layout)
     dev = resolve_device(device) if isinstance(device, str) or device is None else torch.device(device)
-    detector_path = resolve_model_file("scrfd", models_dir)  # fail before any rendering
+    detector_choice = choose_detector(detector, models_dir)  # fail before any rendering
+    print(detector_choice.describe(), flush=True)
     model, ckpt = load_generator(ckpt_path, dev, layout=layout)
     gen = Generator(model, ckpt, dev, pad_to=batch_size)
     config = dict(ckpt.get("config") or {})
@@ -194,7 +194,7 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
         )
     feats_t = torch.from_numpy(np.ascontiguousarray(feats[:n])).to(dev)
 
-    detector = FaceDetector(detector_path, device=str(dev))
+    face_detector = create_detector(detector_choice, models_dir, device=str(dev))
     landmarker = create_landmarker("dlib")
     topo = landmarker.topology
     mouth_pts = list(topo.mouth_outer) + list(topo.mouth_inner)
@@ -216,7 +216,7 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
             real_frames.append(img)
         gen_frames = [paste_back(f.copy(), c, boxes[i]) for f, c, i in zip(real_frames, out, idx)]
         shift_frames = [paste_back(f.copy(), c, boxes[i]) for f, c, i in zip(real_frames, out_shift, idx)]
-        face_boxes, previous = _face_boxes(detector, real_frames, previous)
+        face_boxes, previous = _face_boxes(face_detector, real_frames, previous)
         if any(b is None for b in face_boxes):
             missing = [int(i) for i, b in zip(idx, face_boxes) if b is None]
             raise SyncTalkError(f"no face found in held-out frames {missing[:10]} of {name}")
@@ -302,6 +302,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint_dir", default="checkpoint", type=Path)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     p.add_argument("--models_dir", default=None, type=Path, help="where the face detector's weights are looked for")
+    p.add_argument("--detector", default="auto", choices=("auto", "scrfd", "dlib"),
+                   help="face detector (auto: scrfd when its file is found, else dlib)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--val_fraction", type=float, default=None,
                    help="held-out tail (default: the checkpoint's training value, else 0.1)")
@@ -314,7 +316,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = evaluate(args.name, dataset_dir=args.dataset_dir, checkpoint_dir=args.checkpoint_dir,
                       checkpoint=args.checkpoint, device=args.device, models_dir=args.models_dir,
-                      batch_size=args.batch_size, val_fraction=args.val_fraction, progress=not args.no_progress)
+                      batch_size=args.batch_size, val_fraction=args.val_fraction, progress=not args.no_progress,
+                      detector=args.detector)
     print_table(result)
     if args.json:
         write_json_atomic(args.json, result.to_json())

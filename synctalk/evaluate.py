@@ -302,7 +302,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint_dir", default="checkpoint", type=Path)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     p.add_argument("--models_dir", default=None, type=Path, help="where the face detector's weights are looked for")
-    p.add_argument("--detector", default="auto", choices=("auto", "scrfd", "dlib"),
+    from .faces.factory import DETECTOR_KINDS
+
+    p.add_argument("--detector", default="auto", choices=DETECTOR_KINDS,
                    help="face detector (auto: scrfd when its file is found, else dlib)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--val_fraction", type=float, default=None,

@@ -232,6 +232,7 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
     device = resolve_device(opts.device)
     if todo:
         detector = create_detector(opts.detector, opts.models_dir, device=str(device))
+        state.update("preprocessing", detector=detector.kind)  # which one found the faces, for the record
         landmarker = create_landmarker(opts.landmarker, opts.models_dir, device=str(device))
         workers = opts.detect_workers or default_detect_workers()
         pipeline = FaceLandmarkPipeline(detector, landmarker, workers=workers, detect_every=opts.detect_every)

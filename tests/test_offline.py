@@ -78,6 +78,7 @@ def test_whole_job_offline_with_nothing_but_the_install(tmp_path: Path) -> None:
     assert "audio features: mel" in out
     state = json.loads((tmp_path / "dataset" / name / ".training_state.json").read_text())
     assert state["preprocessing"]["completed"] and state["preprocessing"]["landmarker"] == "dlib"
+    assert state["preprocessing"]["detector"] == "dlib"
     assert state["syncnet_training"]["completed"] and state["main_training"]["completed"]
 
     cli = [sys.executable, "-m", "synctalk.cli"]

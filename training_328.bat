@@ -48,7 +48,7 @@ if defined SYNCTALK_LANDMARKER (set "LANDMARKER=%SYNCTALK_LANDMARKER%") else (se
 if defined SYNCTALK_DETECTOR (set "DETECTOR=%SYNCTALK_DETECTOR%") else (set "DETECTOR=auto")
 if defined SYNCTALK_WIDTH (set "WIDTH=%SYNCTALK_WIDTH%") else (set "WIDTH=full")
 if defined SYNCTALK_MODELS_DIR goto :oldmodels
-REM the Python side reads %SYNCTALK_MODELS% itself; options are passed only when set
+REM the Python side reads SYNCTALK_MODELS itself; options are passed only when set
 set "SYNCNET_OPTS="
 set "UNET_OPTS="
 if "%SYNCTALK_QUICK%"=="1" set "SYNCNET_OPTS=--quick"

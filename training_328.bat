@@ -6,6 +6,9 @@ REM
 REM   training_328.bat NAME GPU_ID        (GPU_ID: a CUDA device number, a quoted comma list such as "0,1", or cpu)
 REM With a list, both training steps run data-parallel on those GPUs (torchrun, one process per GPU);
 REM SYNCTALK_BATCHSIZE / SYNCTALK_SYNCNET_BATCHSIZE are then per GPU.
+REM The defaults need no download (mel audio features, dlib landmarks, dlib's face detector when SCRFD
+REM is not in the models folder). Epochs, batch sizes and the perceptual loss are passed only when set,
+REM so the training commands' own device-dependent defaults apply otherwise.
 REM Environment: the same SYNCTALK_* variables as training_328.sh (run it with no arguments for the list).
 setlocal EnableExtensions
 
@@ -40,29 +43,34 @@ set "ROOT=%~dp0"
 if not defined PYTHON set "PYTHON=python"
 if defined SYNCTALK_DATASET_DIR (set "DATASET_DIR=%SYNCTALK_DATASET_DIR%") else (set "DATASET_DIR=dataset")
 if defined SYNCTALK_CHECKPOINT_DIR (set "CHECKPOINT_DIR=%SYNCTALK_CHECKPOINT_DIR%") else (set "CHECKPOINT_DIR=checkpoint")
-if defined SYNCTALK_ASR (set "ASR=%SYNCTALK_ASR%") else (set "ASR=ave")
-if defined SYNCTALK_LANDMARKER (set "LANDMARKER=%SYNCTALK_LANDMARKER%") else (set "LANDMARKER=pfld")
-if defined SYNCTALK_EPOCHS (set "EPOCHS=%SYNCTALK_EPOCHS%") else (set "EPOCHS=100")
-if defined SYNCTALK_SYNCNET_EPOCHS (set "SYNCNET_EPOCHS=%SYNCTALK_SYNCNET_EPOCHS%") else (set "SYNCNET_EPOCHS=100")
-if defined SYNCTALK_BATCHSIZE (set "BATCHSIZE=%SYNCTALK_BATCHSIZE%") else (set "BATCHSIZE=8")
-if defined SYNCTALK_SYNCNET_BATCHSIZE (set "SYNCNET_BATCHSIZE=%SYNCTALK_SYNCNET_BATCHSIZE%") else (set "SYNCNET_BATCHSIZE=16")
-if defined SYNCTALK_PERCEPTUAL (set "PERCEPTUAL=%SYNCTALK_PERCEPTUAL%") else (set "PERCEPTUAL=vgg19")
+if defined SYNCTALK_ASR (set "ASR=%SYNCTALK_ASR%") else (set "ASR=mel")
+if defined SYNCTALK_LANDMARKER (set "LANDMARKER=%SYNCTALK_LANDMARKER%") else (set "LANDMARKER=dlib")
+if defined SYNCTALK_DETECTOR (set "DETECTOR=%SYNCTALK_DETECTOR%") else (set "DETECTOR=auto")
 if defined SYNCTALK_WIDTH (set "WIDTH=%SYNCTALK_WIDTH%") else (set "WIDTH=full")
-set "MODELS="
-if defined SYNCTALK_MODELS_DIR set MODELS=--models_dir "%SYNCTALK_MODELS_DIR%"
+if defined SYNCTALK_MODELS_DIR goto :oldmodels
+REM the Python side reads SYNCTALK_MODELS itself; options are passed only when set
+set "SYNCNET_OPTS="
+set "UNET_OPTS="
+if "%SYNCTALK_QUICK%"=="1" set "SYNCNET_OPTS=--quick"
+if "%SYNCTALK_QUICK%"=="1" set "UNET_OPTS=--quick"
+if defined SYNCTALK_SYNCNET_EPOCHS set "SYNCNET_OPTS=%SYNCNET_OPTS% --epochs %SYNCTALK_SYNCNET_EPOCHS%"
+if defined SYNCTALK_SYNCNET_BATCHSIZE set "SYNCNET_OPTS=%SYNCNET_OPTS% --batchsize %SYNCTALK_SYNCNET_BATCHSIZE%"
+if defined SYNCTALK_EPOCHS set "UNET_OPTS=%UNET_OPTS% --epochs %SYNCTALK_EPOCHS%"
+if defined SYNCTALK_BATCHSIZE set "UNET_OPTS=%UNET_OPTS% --batchsize %SYNCTALK_BATCHSIZE%"
+if defined SYNCTALK_PERCEPTUAL set "UNET_OPTS=%UNET_OPTS% --perceptual %SYNCTALK_PERCEPTUAL%"
 
 set "VIDEO=%DATASET_DIR%\%NAME%\%NAME%.mp4"
 if not exist "%VIDEO%" goto :novideo
 
 set COMMON=--name "%NAME%" --dataset_dir "%DATASET_DIR%" --checkpoint_dir "%CHECKPOINT_DIR%" --asr %ASR% --width %WIDTH% --device %DEVICE%
 
-echo == [1/3] preprocess %VIDEO% (asr %ASR%, landmarker %LANDMARKER%, device %DEVICE%)
-"%PYTHON%" "%ROOT%scripts\preprocess_data.py" --video_path "%VIDEO%" --name "%NAME%" --dataset_dir "%DATASET_DIR%" --asr_model %ASR% --landmarker %LANDMARKER% --device %DEVICE% %MODELS%
+echo == [1/3] preprocess %VIDEO% (asr %ASR%, landmarker %LANDMARKER%, detector %DETECTOR%, device %DEVICE%)
+"%PYTHON%" "%ROOT%scripts\preprocess_data.py" --video_path "%VIDEO%" --name "%NAME%" --dataset_dir "%DATASET_DIR%" --asr_model %ASR% --landmarker %LANDMARKER% --detector %DETECTOR% --device %DEVICE%
 if errorlevel 1 exit /b 1
 
 echo == [2/3] SyncNet of %NAME%
 if defined SYNCTALK_SYNCNET_CHECKPOINT goto :reuse_syncnet
-"%PYTHON%" "%ROOT%scripts\train_328.py" %COMMON% --train_syncnet --epochs %SYNCNET_EPOCHS% --batchsize %SYNCNET_BATCHSIZE% %GPUS% %SYNCTALK_EXTRA_TRAIN_ARGS%
+"%PYTHON%" "%ROOT%scripts\train_328.py" %COMMON% --train_syncnet %SYNCNET_OPTS% %GPUS% %SYNCTALK_EXTRA_TRAIN_ARGS%
 if errorlevel 1 exit /b 1
 goto :unet
 :reuse_syncnet
@@ -71,11 +79,15 @@ if errorlevel 1 exit /b 1
 
 :unet
 echo == [3/3] UNet-328 of %NAME%
-"%PYTHON%" "%ROOT%scripts\train_328.py" %COMMON% --epochs %EPOCHS% --batchsize %BATCHSIZE% --perceptual %PERCEPTUAL% %GPUS% %MODELS% %SYNCTALK_EXTRA_TRAIN_ARGS%
+"%PYTHON%" "%ROOT%scripts\train_328.py" %COMMON% %UNET_OPTS% %GPUS% %SYNCTALK_EXTRA_TRAIN_ARGS%
 if errorlevel 1 exit /b 1
 
 echo == done: %NAME% -^> %CHECKPOINT_DIR%\%NAME% (render with: python scripts\inference_328.py --name %NAME% --audio_path SPEECH.wav)
 exit /b 0
+
+:oldmodels
+echo error: SYNCTALK_MODELS_DIR is no longer read; set SYNCTALK_MODELS=%SYNCTALK_MODELS_DIR% instead 1>&2
+exit /b 2
 
 :novideo
 echo error: video not found: %VIDEO% (put the person's video there) 1>&2
@@ -94,8 +106,9 @@ echo usage: training_328.bat NAME GPU_ID 1>&2
 echo   NAME     person name; the video must be dataset\NAME\NAME.mp4 1>&2
 echo   GPU_ID   CUDA device number (0, 1, ...), a quoted comma list ("0,1": train on both), or cpu 1>&2
 echo environment (defaults in brackets): 1>&2
-echo   SYNCTALK_ASR [ave]  SYNCTALK_LANDMARKER [pfld]  SYNCTALK_EPOCHS [100]  SYNCTALK_SYNCNET_EPOCHS [100] 1>&2
-echo   SYNCTALK_BATCHSIZE [8]  SYNCTALK_SYNCNET_BATCHSIZE [16]  SYNCTALK_SYNCNET_CHECKPOINT (reuse a SyncNet) 1>&2
-echo   SYNCTALK_PERCEPTUAL [vgg19]  SYNCTALK_WIDTH [full]  SYNCTALK_EXTRA_TRAIN_ARGS 1>&2
-echo   SYNCTALK_DATASET_DIR [dataset]  SYNCTALK_CHECKPOINT_DIR [checkpoint]  SYNCTALK_MODELS_DIR  PYTHON [python] 1>&2
+echo   SYNCTALK_ASR [mel]  SYNCTALK_LANDMARKER [dlib]  SYNCTALK_DETECTOR [auto]  SYNCTALK_QUICK (1: --quick) 1>&2
+echo   SYNCTALK_EPOCHS  SYNCTALK_SYNCNET_EPOCHS  SYNCTALK_BATCHSIZE  SYNCTALK_SYNCNET_BATCHSIZE  SYNCTALK_PERCEPTUAL 1>&2
+echo     (unset: the training commands' defaults for the device) 1>&2
+echo   SYNCTALK_SYNCNET_CHECKPOINT (reuse a SyncNet)  SYNCTALK_WIDTH [full]  SYNCTALK_EXTRA_TRAIN_ARGS 1>&2
+echo   SYNCTALK_DATASET_DIR [dataset]  SYNCTALK_CHECKPOINT_DIR [checkpoint]  SYNCTALK_MODELS (models folder)  PYTHON [python] 1>&2
 exit /b 2

@@ -7,6 +7,9 @@
 #
 # With a list, both training steps run data-parallel on those GPUs (torchrun, one process per GPU);
 # SYNCTALK_BATCHSIZE / SYNCTALK_SYNCNET_BATCHSIZE are then per GPU.
+# The defaults need no download (mel audio features, dlib landmarks, dlib's face detector when SCRFD
+# is not in the models folder). Epochs, batch sizes and the perceptual loss are passed only when set,
+# so the training commands' own device-dependent defaults apply otherwise.
 set -euo pipefail
 
 usage() {
@@ -15,17 +18,20 @@ usage: bash training_328.sh NAME GPU_ID
   NAME     person name; the video must be dataset/NAME/NAME.mp4
   GPU_ID   CUDA device number (0, 1, ...), a comma list of them (0,1: train on both), or "cpu"
 environment (defaults in brackets):
-  SYNCTALK_ASR [ave]                audio features: ave, hubert, wenet, mel
-  SYNCTALK_LANDMARKER [pfld]        pfld or dlib
-  SYNCTALK_EPOCHS [100]             UNet epochs
-  SYNCTALK_SYNCNET_EPOCHS [100]     SyncNet epochs
-  SYNCTALK_BATCHSIZE [8]            UNet batch size (per GPU)
-  SYNCTALK_SYNCNET_BATCHSIZE [16]   SyncNet batch size (per GPU)
+  SYNCTALK_ASR [mel]                audio features: mel (no download), ave, hubert, wenet
+  SYNCTALK_LANDMARKER [dlib]        dlib (no download) or pfld
+  SYNCTALK_DETECTOR [auto]          face detector: auto (scrfd when its file is found, else dlib), scrfd, dlib
+  SYNCTALK_QUICK                    1: the training commands' --quick preset (a short first try)
+  SYNCTALK_EPOCHS                   UNet epochs (default: the training command's)
+  SYNCTALK_SYNCNET_EPOCHS           SyncNet epochs (default: the training command's)
+  SYNCTALK_BATCHSIZE                UNet batch size per GPU (default: chosen for the device)
+  SYNCTALK_SYNCNET_BATCHSIZE        SyncNet batch size per GPU (default: chosen for the device)
   SYNCTALK_SYNCNET_CHECKPOINT       reuse this SyncNet checkpoint instead of training one
-  SYNCTALK_PERCEPTUAL [vgg19]       vgg19 or none
+  SYNCTALK_PERCEPTUAL               vgg19 or none (default: the training command's)
   SYNCTALK_WIDTH [full]             full, mobile or tiny
   SYNCTALK_EXTRA_TRAIN_ARGS         more flags for scripts/train_328.py (both steps)
-  SYNCTALK_DATASET_DIR [dataset]    SYNCTALK_CHECKPOINT_DIR [checkpoint]    SYNCTALK_MODELS_DIR
+  SYNCTALK_DATASET_DIR [dataset]    SYNCTALK_CHECKPOINT_DIR [checkpoint]
+  SYNCTALK_MODELS                   models folder searched first (default ~/.cache/synctalk/models)
   PYTHON [python]
 EOF
 }
@@ -67,19 +73,28 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${PYTHON:-python}"
 DATASET_DIR="${SYNCTALK_DATASET_DIR:-dataset}"
 CHECKPOINT_DIR="${SYNCTALK_CHECKPOINT_DIR:-checkpoint}"
-ASR="${SYNCTALK_ASR:-ave}"
-LANDMARKER="${SYNCTALK_LANDMARKER:-pfld}"
-EPOCHS="${SYNCTALK_EPOCHS:-100}"
-SYNCNET_EPOCHS="${SYNCTALK_SYNCNET_EPOCHS:-100}"
-BATCHSIZE="${SYNCTALK_BATCHSIZE:-8}"
-SYNCNET_BATCHSIZE="${SYNCTALK_SYNCNET_BATCHSIZE:-16}"
-PERCEPTUAL="${SYNCTALK_PERCEPTUAL:-vgg19}"
+ASR="${SYNCTALK_ASR:-mel}"
+LANDMARKER="${SYNCTALK_LANDMARKER:-dlib}"
+DETECTOR="${SYNCTALK_DETECTOR:-auto}"
 WIDTH="${SYNCTALK_WIDTH:-full}"
 read -r -a EXTRA <<< "${SYNCTALK_EXTRA_TRAIN_ARGS:-}"
-MODELS=()
 if [ -n "${SYNCTALK_MODELS_DIR:-}" ]; then
-    MODELS=(--models_dir "$SYNCTALK_MODELS_DIR")
+    echo "error: SYNCTALK_MODELS_DIR is no longer read; set SYNCTALK_MODELS=$SYNCTALK_MODELS_DIR instead" >&2
+    exit 2
 fi
+# the Python side reads $SYNCTALK_MODELS itself; nothing to pass
+# options passed only when set: unset, the training commands choose for the device
+SYNCNET_OPTS=()
+UNET_OPTS=()
+if [ "${SYNCTALK_QUICK:-}" = "1" ]; then
+    SYNCNET_OPTS+=(--quick)
+    UNET_OPTS+=(--quick)
+fi
+if [ -n "${SYNCTALK_SYNCNET_EPOCHS:-}" ]; then SYNCNET_OPTS+=(--epochs "$SYNCTALK_SYNCNET_EPOCHS"); fi
+if [ -n "${SYNCTALK_SYNCNET_BATCHSIZE:-}" ]; then SYNCNET_OPTS+=(--batchsize "$SYNCTALK_SYNCNET_BATCHSIZE"); fi
+if [ -n "${SYNCTALK_EPOCHS:-}" ]; then UNET_OPTS+=(--epochs "$SYNCTALK_EPOCHS"); fi
+if [ -n "${SYNCTALK_BATCHSIZE:-}" ]; then UNET_OPTS+=(--batchsize "$SYNCTALK_BATCHSIZE"); fi
+if [ -n "${SYNCTALK_PERCEPTUAL:-}" ]; then UNET_OPTS+=(--perceptual "$SYNCTALK_PERCEPTUAL"); fi
 
 VIDEO="$DATASET_DIR/$NAME/$NAME.mp4"
 if [ ! -f "$VIDEO" ]; then
@@ -91,22 +106,21 @@ fi
 COMMON=(--name "$NAME" --dataset_dir "$DATASET_DIR" --checkpoint_dir "$CHECKPOINT_DIR" --asr "$ASR"
         --width "$WIDTH" --device "$DEVICE")
 
-echo "== [1/3] preprocess $VIDEO (asr $ASR, landmarker $LANDMARKER, device $DEVICE)"
+echo "== [1/3] preprocess $VIDEO (asr $ASR, landmarker $LANDMARKER, detector $DETECTOR, device $DEVICE)"
 "$PY" "$ROOT/scripts/preprocess_data.py" --video_path "$VIDEO" --name "$NAME" --dataset_dir "$DATASET_DIR" \
-    --asr_model "$ASR" --landmarker "$LANDMARKER" --device "$DEVICE" ${MODELS[@]+"${MODELS[@]}"}
+    --asr_model "$ASR" --landmarker "$LANDMARKER" --detector "$DETECTOR" --device "$DEVICE"
 
 echo "== [2/3] SyncNet of $NAME${GPUS[@]+ on $NGPUS GPUs}"
 if [ -n "${SYNCTALK_SYNCNET_CHECKPOINT:-}" ]; then
     "$PY" "$ROOT/scripts/train_328.py" "${COMMON[@]}" --train_syncnet \
         --syncnet_checkpoint_path "$SYNCTALK_SYNCNET_CHECKPOINT" ${EXTRA[@]+"${EXTRA[@]}"}
 else
-    "$PY" "$ROOT/scripts/train_328.py" "${COMMON[@]}" --train_syncnet --epochs "$SYNCNET_EPOCHS" \
-        --batchsize "$SYNCNET_BATCHSIZE" ${GPUS[@]+"${GPUS[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+    "$PY" "$ROOT/scripts/train_328.py" "${COMMON[@]}" --train_syncnet ${SYNCNET_OPTS[@]+"${SYNCNET_OPTS[@]}"} \
+        ${GPUS[@]+"${GPUS[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
 fi
 
 echo "== [3/3] UNet-328 of $NAME${GPUS[@]+ on $NGPUS GPUs}"
-"$PY" "$ROOT/scripts/train_328.py" "${COMMON[@]}" --epochs "$EPOCHS" \
-    --batchsize "$BATCHSIZE" --perceptual "$PERCEPTUAL" ${GPUS[@]+"${GPUS[@]}"} ${MODELS[@]+"${MODELS[@]}"} \
+"$PY" "$ROOT/scripts/train_328.py" "${COMMON[@]}" ${UNET_OPTS[@]+"${UNET_OPTS[@]}"} ${GPUS[@]+"${GPUS[@]}"} \
     ${EXTRA[@]+"${EXTRA[@]}"}
 
 echo "== done: $NAME → $CHECKPOINT_DIR/$NAME (render with: python scripts/inference_328.py --name $NAME --audio_path SPEECH.wav)"

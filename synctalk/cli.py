@@ -11,7 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("synctalk.preprocess", "one video → dataset/<name>/ (frames, landmarks, audio features)"),
     "batch-preprocess": ("synctalk.batch", "preprocess many videos (folder, list file or JSON config)"),
     "status": ("synctalk.status", "show what is done for a person and what comes next"),
-    "models": ("synctalk.weights", "list or download model weights"),
+    "models": ("synctalk.models_command", "list or download model weights"),
     "train-syncnet": ("synctalk.training.commands.syncnet", "train the person's SyncNet (audio–mouth critic)"),
     "train-unet": ("synctalk.training.commands.unet", "train the person's UNet-328 (redraws the mouth from audio)"),
     "train": ("synctalk.training.commands.legacy",

@@ -24,6 +24,7 @@ from . import media
 from .audio.registry import ASR_MODELS, FPS, SAMPLE_RATE, get_spec
 from .errors import SyncTalkError
 from .faces.lms import load_all_landmarks, read_landmarks, write_landmarks  # noqa: F401  (public here too)
+from .faces.factory import DETECTOR_KINDS
 from .fileio import atomic_path, remove_stale_temps, save_npy_atomic, write_bytes_atomic, write_json_atomic
 from .layout import DatasetLayout, dataset_layout
 from .locking import hold_lock
@@ -48,8 +49,9 @@ class PreprocessOptions:
     video_path: Path
     name: str
     dataset_dir: Path = Path("dataset")
-    asr_model: str = "ave"
-    landmarker: str = "pfld"
+    asr_model: str = "mel"  # the defaults need no download
+    landmarker: str = "dlib"
+    detector: str = "auto"  # auto: SCRFD when its file is in a models folder, else dlib's HOG detector
     fps: int = FPS
     models_dir: Path | None = None
     whisper_model: str | None = None  # --asr_model whisper: a Hugging Face id or a model folder
@@ -107,10 +109,12 @@ def _check_options(opts: PreprocessOptions) -> DatasetLayout:
 
 def _check_weights(opts: PreprocessOptions, need_faces: bool, need_features: bool) -> None:
     """Fail before any work when a weights file the run needs is missing."""
+    from .faces.factory import choose_detector, describe_landmarker
     from .weights import resolve_model_file
 
     if need_faces:
-        resolve_model_file("scrfd", opts.models_dir)
+        print(choose_detector(opts.detector, opts.models_dir).describe(), flush=True)
+        print(describe_landmarker(opts.landmarker, opts.models_dir), flush=True)
         if opts.landmarker == "pfld":
             resolve_model_file("pfld", opts.models_dir)
             resolve_model_file("pfld_mean_face", opts.models_dir)
@@ -118,6 +122,7 @@ def _check_weights(opts: PreprocessOptions, need_faces: bool, need_features: boo
         from .audio.features import check_weights
 
         check_weights(opts.asr_model, opts.models_dir, whisper_model=opts.whisper_model)
+        print(f"audio features: {opts.asr_model}", flush=True)
 
 
 def _probe_source(opts: PreprocessOptions) -> media.MediaInfo:
@@ -240,10 +245,9 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
     from tqdm import tqdm
 
     from .device import resolve_device
-    from .faces.detector import FaceDetector
+    from .faces.factory import create_detector
     from .faces.landmarks import create_landmarker
     from .faces.pipeline import FaceLandmarkPipeline
-    from .weights import resolve_model_file
 
     sec = state.section("preprocessing")
     if sec.get("landmarks_done") and sec.get("landmarker") == opts.landmarker and layout.landmark_path(count - 1).exists():
@@ -263,7 +267,8 @@ def _extract_landmarks(opts: PreprocessOptions, layout: DatasetLayout, count: in
     todo = [i for i in range(count) if not layout.landmark_path(i).exists()]
     device = resolve_device(opts.device)
     if todo:
-        detector = FaceDetector(resolve_model_file("scrfd", opts.models_dir), device=str(device))
+        detector = create_detector(opts.detector, opts.models_dir, device=str(device))
+        state.update("preprocessing", detector=detector.kind)  # which one found the faces, for the record
         landmarker = create_landmarker(opts.landmarker, opts.models_dir, device=str(device))
         workers = opts.detect_workers or default_detect_workers()
         pipeline = FaceLandmarkPipeline(detector, landmarker, workers=workers, detect_every=opts.detect_every)
@@ -506,14 +511,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `synctalk preprocess` / scripts/preprocess_data.py (the seed's names)."""
     p.add_argument("--video_path", required=True, help="the person's talking video")
     p.add_argument("--name", required=True, help="person name: dataset/<name>/")
-    p.add_argument("--asr_model", "--asr", dest="asr_model", default="ave", choices=ASR_MODELS,
-                   help="audio features to compute (default ave; mel needs no weights)")
+    p.add_argument("--asr_model", "--asr", dest="asr_model", default="mel", choices=ASR_MODELS,
+                   help="audio features to compute (default mel, which needs no weights; ave, hubert and "
+                        "wenet need `synctalk models download NAME` once)")
     p.add_argument("--whisper_model", default=None,
                    help="--asr_model whisper: Hugging Face id or model folder (transformers or CTranslate2/"
                         "faster-whisper); default <models dir>/whisper/, else openai/whisper-tiny")
     p.add_argument("--dataset_dir", default="dataset", type=Path)
     p.add_argument("--fps", default=FPS, type=int, help="target frame rate (default 25)")
-    p.add_argument("--landmarker", default="pfld", choices=LANDMARKERS, help="pfld (110 points) or dlib (68, offline)")
+    p.add_argument("--landmarker", default="dlib", choices=LANDMARKERS,
+                   help="dlib (68 points, installed with the package; default) or pfld (110, downloaded)")
+    p.add_argument("--detector", default="auto", choices=DETECTOR_KINDS,
+                   help="face detector: scrfd (downloaded), dlib (installed), auto (default: scrfd when its "
+                        "file is found, else dlib)")
     p.add_argument("--models_dir", type=Path, default=None, help="where model weights are looked for first")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     p.add_argument("--batch_size", type=int, default=32, help="frames per landmark batch")
@@ -531,7 +541,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     """PreprocessOptions from parsed flags."""
     return PreprocessOptions(video_path=Path(args.video_path), name=args.name, dataset_dir=Path(args.dataset_dir),
-                             asr_model=args.asr_model, landmarker=args.landmarker, fps=args.fps,
+                             asr_model=args.asr_model, landmarker=args.landmarker, detector=args.detector, fps=args.fps,
                              models_dir=args.models_dir, whisper_model=args.whisper_model, device=args.device,
                              skip_frames=args.skip_frames,
                              skip_landmarks=args.skip_landmarks, skip_audio=args.skip_audio,

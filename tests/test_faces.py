@@ -406,3 +406,84 @@ def test_crop_of_a_real_face(detector: FaceDetector, dlib_landmarker, sun_frames
     assert np.all((mouth > 0) & (mouth < 328))
     assert abs(mouth[:, 0].mean() - 164) < 0.15 * 328
     assert 0.1 * 328 < mouth[:, 1].min() and mouth[:, 1].max() < 0.6 * 328
+
+
+# -- dlib's own face detector (no model file) and the detector choice ----------------------------
+
+
+@pytest.fixture(scope="module")
+def hog():
+    from synctalk.faces.dlib_detector import DlibFaceDetector
+
+    return DlibFaceDetector()
+
+
+@pytest.mark.parametrize("video", ["sun.mp4", "clip3.mp4"])
+def test_dlib_detector_boxes_agree_with_scrfd(detector: FaceDetector, hog, dlib_landmarker, video: str) -> None:
+    """Same box convention as SCRFD (IoU > 0.7), and the landmarks from either box agree within pixels."""
+    frames = read_frames(video, [0, 10, 20])
+    for f in frames:
+        dets = hog.detect(f)
+        assert len(dets) == 1
+        d, s = dets[0], detector.detect(f)[0]
+        assert box_iou(d.box, s.box[None])[0, 0] > 0.7
+        assert d.score > 0 and d.kps.shape == (5, 2)
+        # keypoints inside the box, eyes above the mouth corners, like SCRFD's
+        x1, y1, x2, y2 = d.box
+        assert np.all((d.kps[:, 0] > x1) & (d.kps[:, 0] < x2) & (d.kps[:, 1] > y1) & (d.kps[:, 1] < y2))
+        assert d.kps[:2, 1].max() < d.kps[3:, 1].min()
+        assert np.abs(d.kps - s.kps).max() < 0.15 * s.width
+        lm_hog, lm_scrfd = dlib_landmarker([f], d.box[None]), dlib_landmarker([f], s.box[None])
+        assert np.abs(lm_hog - lm_scrfd).mean() < 2.0  # pixels
+
+
+def test_dlib_detector_searches_downscaled_once_it_knows_the_face(sun_frames) -> None:
+    import synctalk.faces.dlib_detector as dd
+
+    hog = dd.DlibFaceDetector(keypoints=False)
+    big = cv2.resize(sun_frames[0], None, fx=2, fy=2)  # a 230-px face: searched at about half size
+    first = hog.detect(big)[0].box
+    seen = []
+    real_run = hog._run
+    hog._run = lambda gray, scale, up: seen.append(scale) or real_run(gray, scale, up)
+    second = hog.detect(big)[0].box
+    assert seen and seen[0] < dd.MAX_SEARCH_SCALE
+    assert box_iou(first, second[None])[0, 0] > 0.8
+    assert hog.detect(np.zeros((240, 320, 3), np.uint8)) == []
+
+
+def test_pipeline_with_the_dlib_detector(hog, dlib_landmarker, sun_frames) -> None:
+    pipe = FaceLandmarkPipeline(hog, dlib_landmarker, workers=4, detect_every=4)
+    assert pipe.workers == 1  # dlib keeps the GIL: no thread pool
+    lms, found = pipe.process(sun_frames)
+    assert found.all() and lms.shape == (8, 68, 2) and np.isfinite(lms).all()
+
+
+def test_detector_choice_auto_scrfd_dlib(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from synctalk.faces.factory import choose_detector, create_detector
+
+    monkeypatch.delenv("SYNCTALK_MODELS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    empty = tmp_path / "empty"
+    auto = choose_detector("auto", empty)
+    assert auto.kind == "dlib"
+    line = auto.describe()
+    assert line.startswith("face detector: dlib HOG") and "scrfd_2.5g_kps.onnx not found" in line
+    assert str(empty) in line and "synctalk models download scrfd" in line
+    # asked for by name and missing: an error naming the download and the alternative, never a switch
+    with pytest.raises(SyncTalkError, match="synctalk models download scrfd") as err:
+        choose_detector("scrfd", empty)
+    assert "--detector dlib" in str(err.value)
+    with pytest.raises(SyncTalkError, match="auto, scrfd, dlib"):
+        choose_detector("mtcnn")
+    # the file present: auto takes SCRFD; --detector dlib still gives dlib
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(SCRFD, models / SCRFD.name)
+    chosen = choose_detector("auto", models)
+    assert (chosen.kind, chosen.path) == ("scrfd", models / SCRFD.name)
+    assert isinstance(create_detector(chosen), FaceDetector)
+    assert choose_detector("dlib", models).kind == "dlib"
+    assert type(create_detector("dlib")).__name__ == "DlibFaceDetector"

@@ -21,7 +21,7 @@ needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 
 def run_script(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     # one thread: the tiny CPU runs gain little from a second one and lose much when cores are shared
-    full = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **env)
+    full = {**os.environ, "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **env}
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=600)
 
 
@@ -29,7 +29,7 @@ def pipeline_env(work: Path) -> dict[str, str]:
     return {
         "SYNCTALK_ASR": "mel", "SYNCTALK_LANDMARKER": "dlib", "SYNCTALK_PERCEPTUAL": "none",
         "SYNCTALK_WIDTH": "tiny", "SYNCTALK_EPOCHS": "1", "SYNCTALK_SYNCNET_EPOCHS": "1",
-        "SYNCTALK_BATCHSIZE": "4", "SYNCTALK_MODELS_DIR": str(MODELS),
+        "SYNCTALK_BATCHSIZE": "4", "SYNCTALK_MODELS": str(MODELS),
         "SYNCTALK_DATASET_DIR": str(work / "dataset"), "SYNCTALK_CHECKPOINT_DIR": str(work / "checkpoint"),
         "SYNCTALK_EXTRA_TRAIN_ARGS": "--no_progress --syncnet_pairs_per_epoch 0",
     }
@@ -47,6 +47,63 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert r.returncode != 0 and "invalid name" in r.stderr
     r = run_script(tmp_path, "someone", "gpu0")
     assert r.returncode != 0 and "GPU_ID" in r.stderr
+
+
+def _recorded_calls(tmp_path: Path, gpu: str, **env: str) -> list[list[str]]:
+    """Run the script with PYTHON pointing at a stub that records its arguments; one list per call."""
+    (tmp_path / "dataset" / "rec").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "dataset" / "rec" / "rec.mp4").write_bytes(b"")
+    log = tmp_path / "calls.txt"
+    log.unlink(missing_ok=True)
+    stub = tmp_path / "python_stub.sh"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" "--END--" >> "{log}"\n')
+    stub.chmod(0o755)
+    r = run_script(tmp_path, "rec", gpu, **{"PYTHON": str(stub), **env})
+    assert r.returncode == 0, r.stderr
+    calls, cur = [], []
+    for line in log.read_text().splitlines():
+        if line == "--END--":
+            calls.append(cur)
+            cur = []
+        else:
+            cur.append(line)
+    return calls
+
+
+@needs_bash
+def test_script_defaults_need_no_download_and_leave_sizes_to_the_training_commands(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    for var in [k for k in os.environ if k.startswith("SYNCTALK_")]:
+        monkeypatch.delenv(var)
+    pre, syncnet, unet = _recorded_calls(tmp_path, "0")
+    assert pre[pre.index("--asr_model") + 1] == "mel" and pre[pre.index("--landmarker") + 1] == "dlib"
+    assert pre[pre.index("--detector") + 1] == "auto" and "--models_dir" not in pre
+    assert "--train_syncnet" in syncnet and "--train_syncnet" not in unet
+    for call in (syncnet, unet):
+        # unset: the Python defaults (chosen for the device) apply, and `--perceptual auto` there
+        assert not {"--epochs", "--batchsize", "--perceptual", "--quick", "--models_dir"} & set(call)
+        assert call[call.index("--device") + 1] == "cuda"
+    # set: passed through; SYNCTALK_QUICK=1 asks both training steps for their quick preset
+    pre, syncnet, unet = _recorded_calls(tmp_path, "cpu", SYNCTALK_QUICK="1", SYNCTALK_EPOCHS="3",
+                                         SYNCTALK_SYNCNET_EPOCHS="2", SYNCTALK_BATCHSIZE="4",
+                                         SYNCTALK_SYNCNET_BATCHSIZE="6", SYNCTALK_PERCEPTUAL="none",
+                                         SYNCTALK_ASR="ave", SYNCTALK_DETECTOR="scrfd")
+    assert pre[pre.index("--asr_model") + 1] == "ave" and pre[pre.index("--detector") + 1] == "scrfd"
+    assert "--quick" in syncnet and "--quick" in unet
+    assert syncnet[syncnet.index("--epochs") + 1] == "2" and syncnet[syncnet.index("--batchsize") + 1] == "6"
+    assert unet[unet.index("--epochs") + 1] == "3" and unet[unet.index("--batchsize") + 1] == "4"
+    assert unet[unet.index("--perceptual") + 1] == "none" and "--perceptual" not in syncnet
+    assert unet[unet.index("--device") + 1] == "cpu"
+    _pre, syncnet, unet = _recorded_calls(tmp_path, "0,1")
+    assert syncnet[syncnet.index("--gpus") + 1] == "2" and unet[unet.index("--gpus") + 1] == "2"
+
+
+@needs_bash
+def test_old_models_variable_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "dataset" / "x").mkdir(parents=True)
+    (tmp_path / "dataset" / "x" / "x.mp4").write_bytes(b"")
+    r = run_script(tmp_path, "x", "cpu", SYNCTALK_MODELS_DIR="/somewhere")
+    assert r.returncode == 2 and "SYNCTALK_MODELS=/somewhere" in r.stderr
 
 
 @needs_bash

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from conftest import MODELS
-from synctalk import weights
+from synctalk import models_command, weights
 from synctalk.cli import main as cli_main
 from synctalk.errors import SyncTalkError
 
@@ -90,6 +90,7 @@ class _Server:
     def __init__(self):
         self.mode = "ok"
         self.ranges: list[str | None] = []
+        self.paths: list[str] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -98,6 +99,10 @@ class _Server:
 
             def do_GET(self):
                 server.ranges.append(self.headers.get("Range"))
+                server.paths.append(self.path)
+                if self.path != "/model.bin":
+                    self.send_error(404)
+                    return
                 if server.mode == "html":
                     body = b"<html>sign in</html>"
                     self.send_response(200)
@@ -115,6 +120,8 @@ class _Server:
                 else:
                     self.send_response(200)
                 body = PAYLOAD[start:]
+                if server.mode == "tampered":
+                    body = bytes([body[0] ^ 1]) + body[1:]  # same size, one bit changed
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -126,7 +133,8 @@ class _Server:
                 self.wfile.write(body)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/model.bin"
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"{self.base}/model.bin"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -142,9 +150,11 @@ def server():
     s.close()
 
 
-def _entry(monkeypatch, url, sha256=hashlib.sha256(PAYLOAD).hexdigest(), size=len(PAYLOAD), name="testmodel"):
-    entry = weights.ModelFile(name=name, filename="model.bin", url=url, size=size, sha256=sha256,
-                              description="a test file", offline_alternative="--test_alternative")
+def _entry(monkeypatch, url, sha256=hashlib.sha256(PAYLOAD).hexdigest(), size=len(PAYLOAD), name="testmodel",
+           git_blob=None):
+    urls = (url,) if isinstance(url, str) else tuple(url)
+    entry = weights.ModelFile(name=name, filename="model.bin", urls=urls, size=size, sha256=sha256,
+                              git_blob=git_blob, description="a test file", offline_alternative="--test_alternative")
     monkeypatch.setitem(weights.MANIFEST, name, entry)
     return entry
 
@@ -227,14 +237,100 @@ def test_models_list_command(capsys, monkeypatch):
     for name in ("scrfd", "pfld", "ave", "wenet", "vgg19", "hubert"):
         assert name in out
     assert "scrfd_2.5g_kps.onnx" in out and "--perceptual none" in out
-    rows = {r[0]: r for r in weights.model_rows(MODELS)}
+    rows = {r[0]: r for r in models_command.model_rows(MODELS)}
     assert rows["scrfd"][1] and rows["pfld_mean_face"][1] and not rows["pfld"][1]
 
 
 def test_models_download_command(tmp_path, server, monkeypatch, capsys):
     monkeypatch.setitem(weights.MANIFEST, "scrfd", weights.ModelFile(
-        name="scrfd", filename="scrfd_test.onnx", url=server.url, size=len(PAYLOAD),
+        name="scrfd", filename="scrfd_test.onnx", urls=(server.url,), size=len(PAYLOAD),
         sha256=hashlib.sha256(PAYLOAD).hexdigest(), description="d", offline_alternative="none"))
     assert cli_main(["models", "download", "scrfd", "--models_dir", str(tmp_path), "--no_progress"]) == 0
     assert (tmp_path / "scrfd_test.onnx").read_bytes() == PAYLOAD
     assert str(tmp_path / "scrfd_test.onnx") in capsys.readouterr().out
+
+
+def _git_blob(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def test_git_blob_id_matches_git(tmp_path):
+    # `printf 'hello\n' | git hash-object --stdin` prints this id
+    (tmp_path / "f").write_bytes(b"hello\n")
+    assert weights.git_blob_id_of(tmp_path / "f") == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def test_download_verified_by_git_blob_id(tmp_path, server, monkeypatch, capsys):
+    _entry(monkeypatch, server.url, sha256=None, size=None, git_blob=_git_blob(PAYLOAD))
+    assert weights.download("testmodel", tmp_path, progress=False).read_bytes() == PAYLOAD
+    err = capsys.readouterr().err
+    assert "git blob id" in err and "verified" in err
+
+
+@pytest.mark.parametrize("check", ["sha256", "git_blob"])
+def test_tampered_file_is_refused_and_nothing_kept(tmp_path, server, monkeypatch, check):
+    digests = {"sha256": hashlib.sha256(PAYLOAD).hexdigest(), "git_blob": None} if check == "sha256" else \
+        {"sha256": None, "git_blob": _git_blob(PAYLOAD)}
+    _entry(monkeypatch, server.url, **digests)
+    server.mode = "tampered"
+    with pytest.raises(SyncTalkError, match="sha256" if check == "sha256" else "git blob id") as err:
+        weights.download("testmodel", tmp_path, progress=False)
+    assert "removed" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mirror_fallback_when_the_first_address_fails(tmp_path, server, monkeypatch, capsys):
+    # a dead port, then a 404, then the good copy
+    _entry(monkeypatch, ["http://127.0.0.1:9/model.bin", f"{server.base}/missing/model.bin", server.url])
+    assert weights.download("testmodel", tmp_path, progress=False).read_bytes() == PAYLOAD
+    assert server.paths == ["/missing/model.bin", "/model.bin"]
+    assert "sha256 verified" in capsys.readouterr().err
+
+
+def test_every_mirror_failing_lists_each_address(tmp_path, server, monkeypatch):
+    urls = ["http://127.0.0.1:9/model.bin", f"{server.base}/missing/model.bin"]
+    _entry(monkeypatch, urls)
+    with pytest.raises(SyncTalkError) as err:
+        weights.download("testmodel", tmp_path, progress=False)
+    msg = str(err.value)
+    assert all(u in msg for u in urls) and "HTTP 404" in msg and "--test_alternative" in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tampered_mirror_falls_through_to_a_good_one(tmp_path, server, monkeypatch):
+    # the second server answers every path with a one-bit-changed copy
+    bad = _Server()
+    bad.mode = "tampered"
+    try:
+        _entry(monkeypatch, [bad.url, server.url])
+        assert weights.download("testmodel", tmp_path, progress=False).read_bytes() == PAYLOAD
+        assert bad.paths == ["/model.bin"] and server.paths == ["/model.bin"]
+    finally:
+        bad.close()
+
+
+def test_manifest_addresses_and_digests():
+    """Every entry has addresses, and the SyncTalk_2D files carry the public tree's digests."""
+    m = weights.MANIFEST
+    for entry in m.values():
+        assert entry.urls and all(u.startswith("https://") for u in entry.urls)
+    assert m["pfld"].git_blob == "a1652fd38853cf58cd3ceac717bb5deb34f679d7"
+    assert m["ave"].git_blob == "9fe9b655c3f952f26f0353a468ab33ff78c0bdf3"
+    assert any(u.endswith("/model/checkpoints/audio_visual_encoder.pth") for u in m["ave"].urls)
+    assert any(u.endswith("/data_utils/ave/checkpoints/audio_encoder.pth") for u in m["ave"].urls)
+    assert not any("nerf_triplane" in u for e in m.values() for u in e.urls)
+    assert all(u.endswith("/data_utils/scrfd_2.5g_kps.onnx") for u in m["scrfd"].urls)
+    assert all(u.endswith("/data_utils/checkpoint_epoch_335.pth.tar") for u in m["pfld"].urls)
+    assert (m["scrfd"].size, m["scrfd"].sha256) == (
+        3291017, "32d20c77b9e2dc1d07e94c2ab9d25bdd5cd05eddbe0b46e7b38e7a1eca22e99a")
+    assert len(m["scrfd"].urls) > 1  # mirrors
+
+
+def test_weights_does_not_import_the_audio_models():
+    """The import cycle audio.hubert <-> weights stays broken: weights needs nothing of the audio side."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(weights))
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not any("audio" in mod for mod in imported)

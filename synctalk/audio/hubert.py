@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import SyncTalkError
+from ..weights import search_dirs
 
 DEFAULT_ID = "facebook/hubert-large-ls960-ft"
 HIDDEN = 1024
@@ -28,8 +29,6 @@ RIGHT_CONTEXT = 16000  # samples past the last video frame used as right context
 
 
 def _local_dir(models_dir: "str | os.PathLike | None") -> Path | None:
-    from ..weights import search_dirs
-
     for d in search_dirs(models_dir):
         cand = d / "hubert"
         if (cand / "config.json").is_file():
@@ -54,8 +53,6 @@ def hubert_location(models_dir: "str | os.PathLike | None" = None) -> tuple[str,
 
 
 def _not_found(models_dir, why: str) -> SyncTalkError:
-    from ..weights import search_dirs
-
     tried = "\n".join(f"  {d / 'hubert'}" for d in search_dirs(models_dir))
     return SyncTalkError(
         f"HuBERT model {DEFAULT_ID!r} is not available ({why}). Looked for a local copy in:\n{tried}\n"

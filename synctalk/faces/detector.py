@@ -92,6 +92,8 @@ class FaceDetector:
     build has it, otherwise the CPU.
     """
 
+    kind = "scrfd"
+
     def __init__(
         self,
         model_path: str | os.PathLike,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -280,6 +281,32 @@ def dlib_rect_for_box(box: np.ndarray) -> tuple[int, int, int, int]:
     return (int(round(x1 + dl * w)), int(round(y1 + dt * h)), int(round(x2 + dr * w)), int(round(y2 + db * h)))
 
 
+def box_for_dlib_rect(rect: tuple[float, float, float, float]) -> np.ndarray:
+    """The SCRFD-like box x1 y1 x2 y2 whose `dlib_rect_for_box` is `rect` (a dlib detector's rectangle).
+
+    Boxes from dlib's own detector go through this, so every detector hands the landmarkers and the
+    crop code boxes of one convention.
+    """
+    left, top, right, bottom = (float(v) for v in rect)
+    dl, dt, dr, db = DLIB_BOX_ADJUST
+    w = (right - left) / (1.0 + dr - dl)
+    h = (bottom - top) / (1.0 + db - dt)
+    x1, y1 = left - dl * w, top - dt * h
+    return np.array([x1, y1, x1 + w, y1 + h], np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def load_dlib_predictor(path: str) -> object:
+    """dlib's shape predictor from `path`, loaded once per process (the 68-point file is 95 MB)."""
+    try:
+        import dlib
+    except ImportError as exc:
+        raise SyncTalkError("the dlib landmarker needs dlib: pip install dlib-bin face_recognition_models") from exc
+    if not Path(path).is_file():
+        raise SyncTalkError(f"dlib 68-point model not found at {path}: pip install face_recognition_models")
+    return dlib.shape_predictor(str(path))
+
+
 class DlibLandmarker(Landmarker):
     """dlib's 68-point shape predictor run on the detector's boxes (CPU only, no downloads)."""
 
@@ -291,10 +318,8 @@ class DlibLandmarker(Landmarker):
         except ImportError as exc:
             raise SyncTalkError("the dlib landmarker needs dlib: pip install dlib-bin face_recognition_models") from exc
         path = Path(predictor_path) if predictor_path else dlib_predictor_path()
-        if not path.is_file():
-            raise SyncTalkError(f"dlib 68-point model not found at {path}: pip install face_recognition_models")
         self._dlib = dlib
-        self.predictor = dlib.shape_predictor(str(path))
+        self.predictor = load_dlib_predictor(str(path))
         self.topology = get_topology("dlib68")
         self.num_points = 68
 

@@ -10,7 +10,7 @@ stretch is detected after all.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -18,11 +18,15 @@ from ..device import usable_cpus
 from .detector import FaceDetector, box_iou, pick_face
 from .landmarks import Landmarker
 
+if TYPE_CHECKING:
+    from .dlib_detector import DlibFaceDetector
+
 
 class FaceLandmarkPipeline:
     """Detector + landmarker over batches of frames, following the same face from call to call."""
 
-    def __init__(self, detector: FaceDetector, landmarker: Landmarker, workers: int = 1, detect_every: int = 1) -> None:
+    def __init__(self, detector: "FaceDetector | DlibFaceDetector", landmarker: Landmarker, workers: int = 1,
+                 detect_every: int = 1) -> None:
         if detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         self.detect_every = int(detect_every)
@@ -30,8 +34,9 @@ class FaceLandmarkPipeline:
         self.landmarker = landmarker
         self.topology = landmarker.topology
         self._previous_box: np.ndarray | None = None
-        # onnxruntime releases the GIL, so frames are detected in parallel, one session per thread
-        self.workers = max(1, int(workers))
+        # onnxruntime releases the GIL, so frames are detected in parallel, one session per thread;
+        # a detector that keeps the GIL (dlib) says so and runs on the calling thread
+        self.workers = max(1, int(workers)) if getattr(detector, "parallel_frames", True) else 1
         self._replicas: list[FaceDetector] = []
         self._pool: ThreadPoolExecutor | None = None
         if self.workers > 1:

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("synctalk.training.command", "train the SyncNet (--train_syncnet) or the UNet-328"),
     "infer": ("synctalk.render", "render new speech into a lip-synced video of the person"),
     "eval": ("synctalk.evaluate", "render the held-out tail and score it against the real frames"),
+    "serve": ("synctalk.serve.command", "live avatars over a WebSocket, renders and jobs, with a browser page"),
 }
 
 

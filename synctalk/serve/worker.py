@@ -1,0 +1,140 @@
+"""One thread per device that draws every session's ready frames, batched across sessions.
+
+Sessions `submit` frame jobs as soon as a frame's audio window is complete; the worker takes the oldest
+job's avatar and up to `max_batch` waiting jobs of that avatar (from any session), runs the UNet once,
+pastes the mouths back, encodes the JPEGs (on a small thread pool; cv2 releases the GIL) and hands each
+frame back to its session through the job's callback.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class FrameJob:
+    """One frame to draw: which avatar frame, which audio rows, how much of the mouth is generated."""
+
+    avatar: Any
+    index: int
+    source: int
+    weight: float  # 1: generated mouth, 0: the real frame, between: cross-fade
+    rows: np.ndarray  # (window, *frame_shape) feature rows of the frame's audio window
+    done: Callable[["FrameJob", bytes], None]
+    failed: Callable[["FrameJob", BaseException], None]
+    quality: int = 80
+    t_ready: float = field(default_factory=time.perf_counter)  # when its audio window was complete
+    t_drawn: float = 0.0
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """BGR uint8 → JPEG bytes."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", frame, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+class BatchWorker:
+    """The device's one drawing thread; `submit` from any thread, callbacks run on the worker thread."""
+
+    def __init__(self, max_batch: int = 16, encoders: int = 4) -> None:
+        self.max_batch = max(1, int(max_batch))
+        self._jobs: list[FrameJob] = []
+        self._cond = threading.Condition()
+        self._stop = False
+        self._pool = ThreadPoolExecutor(max(1, encoders), thread_name_prefix="synctalk-jpeg")
+        self.batches = 0
+        self.frames = 0
+        self._thread = threading.Thread(target=self._run, name="synctalk-serve-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, jobs: list[FrameJob]) -> None:
+        """Queue frames (in the order they must be drawn within their session)."""
+        if not jobs:
+            return
+        with self._cond:
+            self._jobs.extend(jobs)
+            self._cond.notify()
+
+    def pending(self) -> int:
+        """Jobs waiting for the worker."""
+        with self._cond:
+            return len(self._jobs)
+
+    def close(self) -> None:
+        """Stop the thread after the batch in hand."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+        self._pool.shutdown(wait=False)
+
+    def _take(self) -> list[FrameJob] | None:
+        with self._cond:
+            while not self._jobs and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                return None
+            avatar = self._jobs[0].avatar
+            batch, rest = [], []
+            for j in self._jobs:
+                (batch if j.avatar is avatar and len(batch) < self.max_batch else rest).append(j)
+            self._jobs = rest
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                jpegs = self.draw(batch)
+            except BaseException as exc:  # handed to each session; the worker keeps serving the others
+                for j in batch:
+                    j.failed(j, exc)
+                continue
+            self.batches += 1
+            self.frames += len(batch)
+            for j, jpeg in zip(batch, jpegs):
+                j.done(j, jpeg)
+
+    def draw(self, batch: list[FrameJob]) -> list[bytes]:
+        """Frames of one avatar: the UNet on the generated ones, paste-back, JPEG; in job order."""
+        import torch
+
+        from ..render import crops_to_uint8, paste_back, paste_back_torch
+
+        avatar = batch[0].avatar
+        gen = avatar.generator
+        spec = gen.spec
+        frames = [avatar.frame(j.source).copy() for j in batch]
+        todo = [i for i, j in enumerate(batch) if j.weight > 0]
+        if todo:
+            crops = np.stack([avatar.crop(batch[i].source) for i in todo])
+            # each job's window laid end to end: row i·window + left is job i's frame, so the
+            # registry's window gather picks exactly each job's own rows
+            rows = np.concatenate([batch[i].rows for i in todo])
+            feats = torch.from_numpy(rows).to(gen.device)
+            idx = [i * spec.window + spec.left for i in range(len(todo))]
+            generated = gen(crops, feats, idx)
+            sel = [frames[i] for i in todo]
+            boxes = [avatar.boxes[batch[i].source] for i in todo]
+            weights = [float(batch[i].weight) for i in todo]
+            if gen.device.type == "cuda":
+                paste_back_torch(sel, generated, boxes, weights)
+            else:
+                for f, c, b, w in zip(sel, crops_to_uint8(generated), boxes, weights):
+                    paste_back(f, c, b, w)
+        now = time.perf_counter()
+        for j in batch:
+            j.t_drawn = now
+        return list(self._pool.map(lambda fq: encode_jpeg(*fq), [(f, j.quality) for f, j in zip(frames, batch)]))

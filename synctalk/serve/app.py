@@ -35,6 +35,17 @@ VIDEO_TYPES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 _MARKUP = re.compile(r"\[/?[a-z ]*\]")
 _PREVIEW = re.compile(r"^[\w\-.]{1,80}\.(png|jpg)$")
 TOKEN_COOKIE = "synctalk_token"
+_SERVER_KEY: Any = None  # the web.AppKey of the Server, made on first use (aiohttp imports lazily)
+
+
+def server_key() -> Any:
+    """The application key under which create_app stores its Server."""
+    global _SERVER_KEY
+    if _SERVER_KEY is None:
+        from aiohttp import web
+
+        _SERVER_KEY = web.AppKey("synctalk_server", Server)
+    return _SERVER_KEY
 
 
 @dataclass
@@ -205,7 +216,7 @@ async def _form(request: Any, server: Server, file_field: str, allowed: tuple[st
 
 
 def create_app(cfg: ServerConfig, server: Server | None = None) -> Any:
-    """The aiohttp application (the server state under app['server'])."""
+    """The aiohttp application (the server state under app[server_key()])."""
     from aiohttp import web
 
     server = server or Server(cfg)
@@ -366,7 +377,7 @@ def create_app(cfg: ServerConfig, server: Server | None = None) -> Any:
     app = web.Application(middlewares=[guard], client_max_size=limit)
     app.add_routes(routes)
     app.router.add_static("/static/", STATIC)
-    app["server"] = server
+    app[server_key()] = server
 
     async def _preload(app_):
         loop = asyncio.get_running_loop()
@@ -475,7 +486,7 @@ class BackgroundServer:
         self._thread = threading.Thread(target=self.loop.run_forever, name="synctalk-serve-loop", daemon=True)
         self._thread.start()
         self.app = create_app(cfg)
-        self.server: Server = self.app["server"]
+        self.server: Server = self.app[server_key()]
         self._runner = web.AppRunner(self.app)
 
         async def _start() -> int:

@@ -81,7 +81,8 @@ class Server:
         self.worker = BatchWorker(cfg.max_batch)
         self.jobs = JobRunner(Path(cfg.work_dir) / "jobs", cfg.dataset_dir, cfg.checkpoint_dir, str(self.device))
         self.uploads = Path(cfg.work_dir) / "uploads"
-        self.sessions: set = set()
+        self.sessions: set = set()  # the open streams
+        self.finished: list[dict] = []  # per closed stream: latencies and frame counts (benchmarks read it)
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -422,6 +423,7 @@ async def _stream(request: Any, server: Server) -> Any:
         s = StreamSession(avatar, server.worker, send, pace=str(opts.get("pace", "realtime")),
                           quality=int(opts.get("quality", 80)), start_frame=int(opts.get("start_frame", 0)),
                           models_dir=server.cfg.models_dir)
+        server.sessions.add(s)
         await send(json.dumps(s.info()))
         return s
 
@@ -468,6 +470,10 @@ async def _stream(request: Any, server: Server) -> Any:
     finally:
         if session is not None:
             session.close()
+            server.sessions.discard(session)
+            server.finished.append({"name": session.avatar.name, "latencies_ms": session.latencies_ms,
+                                    "speech": session.sent_speech, "idle": session.sent_idle})
+            del server.finished[:-1000]
         if sender is not None:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)

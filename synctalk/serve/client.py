@@ -22,8 +22,16 @@ class StreamResult:
     frames: list[FrameMessage] = field(default_factory=list)
     arrived: list[float] = field(default_factory=list)  # perf_counter at arrival
     sent_at: list[float] = field(default_factory=list)  # perf_counter when each audio chunk was sent
+    sent_samples: list[int] = field(default_factory=list)  # samples sent once that chunk was out
     ends: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+    def sent_time_of(self, sample: int) -> float:
+        """When the chunk holding audio sample `sample` had been sent (the last one for samples past the end)."""
+        import bisect
+
+        i = bisect.bisect_right(self.sent_samples, sample)
+        return self.sent_at[min(i, len(self.sent_at) - 1)]
 
     @property
     def speech(self) -> list[FrameMessage]:
@@ -38,10 +46,10 @@ def to_pcm(audio: np.ndarray) -> bytes:
 
 async def stream_audio(url: str, name: str, audio: np.ndarray, *, chunk_ms: float = 100.0, realtime: bool = False,
                        pace: str = "asap", token: str | None = None, tail_idle_s: float = 0.0,
-                       timeout: float = 300.0) -> StreamResult:
+                       timeout: float = 300.0, speed: float = 1.0) -> StreamResult:
     """Send `audio` (16 kHz mono float) in chunks, then "end"; collect frames until the server's "end".
 
-    With `realtime` the chunks go out at the speed of the audio, as from a microphone.
+    With `realtime` the chunks go out at the speed of the audio (times `speed`), as from a microphone.
     """
     import aiohttp
 
@@ -63,10 +71,11 @@ async def stream_audio(url: str, name: str, audio: np.ndarray, *, chunk_ms: floa
                     if len(chunk) < 320:  # the last scrap: pad to the 20 ms minimum
                         chunk = np.concatenate([chunk, np.zeros(320 - len(chunk), np.float32)])
                     if realtime:
-                        due = t0 + i / SAMPLE_RATE
+                        due = t0 + i / SAMPLE_RATE / speed
                         await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                    result.sent_at.append(time.perf_counter())
                     await ws.send_bytes(to_pcm(chunk))
+                    result.sent_at.append(time.perf_counter())
+                    result.sent_samples.append(i + len(chunk))
                 await ws.send_str(json.dumps({"type": "end"}))
 
             task = asyncio.create_task(sender())

@@ -2,8 +2,8 @@
 
 Sessions `submit` frame jobs as soon as a frame's audio window is complete; the worker takes the oldest
 job's avatar and up to `max_batch` waiting jobs of that avatar (from any session), runs the UNet once,
-pastes the mouths back, encodes the JPEGs (on a small thread pool; cv2 releases the GIL) and hands each
-frame back to its session through the job's callback.
+pastes the mouths back and hands the frames to a small JPEG thread pool (cv2 releases the GIL), which
+gives each frame back to its session through the job's callback while the device runs the next batch.
 """
 
 from __future__ import annotations
@@ -97,18 +97,28 @@ class BatchWorker:
             if batch is None:
                 return
             try:
-                jpegs = self.draw(batch)
+                frames = self.draw(batch)
             except BaseException as exc:  # handed to each session; the worker keeps serving the others
                 for j in batch:
                     j.failed(j, exc)
                 continue
             self.batches += 1
             self.frames += len(batch)
-            for j, jpeg in zip(batch, jpegs):
-                j.done(j, jpeg)
+            # encoding overlaps the next batch on the device; sessions put frames back in order
+            for j, f in zip(batch, frames):
+                self._pool.submit(self._encode, j, f)
 
-    def draw(self, batch: list[FrameJob]) -> list[bytes]:
-        """Frames of one avatar: the UNet on the generated ones, paste-back, JPEG; in job order."""
+    @staticmethod
+    def _encode(job: FrameJob, frame: np.ndarray) -> None:
+        try:
+            jpeg = encode_jpeg(frame, job.quality)
+        except BaseException as exc:
+            job.failed(job, exc)
+            return
+        job.done(job, jpeg)
+
+    def draw(self, batch: list[FrameJob]) -> list[np.ndarray]:
+        """Frames of one avatar (BGR, in job order): the UNet on the generated ones, then paste-back."""
         import torch
 
         from ..render import crops_to_uint8, paste_back, paste_back_torch
@@ -137,4 +147,4 @@ class BatchWorker:
         now = time.perf_counter()
         for j in batch:
             j.t_drawn = now
-        return list(self._pool.map(lambda fq: encode_jpeg(*fq), [(f, j.quality) for f, j in zip(frames, batch)]))
+        return frames

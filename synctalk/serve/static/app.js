@@ -178,7 +178,8 @@ class Live {
 
   open() {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    this.ws = new WebSocket(`${proto}//${location.host}/ws/stream?name=${encodeURIComponent(this.name)}&pace=realtime`);
+    // the audio goes out in real time and this page schedules the pictures itself: no server pacing
+    this.ws = new WebSocket(`${proto}//${location.host}/ws/stream?name=${encodeURIComponent(this.name)}&pace=asap`);
     this.ws.binaryType = 'arraybuffer';
     this.ws.onmessage = (m) => this.message(m);
     this.ws.onclose = () => { this.closed = true; };

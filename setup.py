@@ -24,6 +24,7 @@ setup(
         "dlib-bin>=19.24",
         "face_recognition_models>=0.3",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7"], "serve": ["aiohttp>=3.9"]},
+    package_data={"synctalk.serve": ["static/*.html", "static/*.js", "static/*.css"]},
     entry_points={"console_scripts": ["synctalk=synctalk.cli:entry"]},
 )

@@ -282,3 +282,37 @@ def test_listening_beyond_localhost_needs_a_token():
     cfg = config_from_args(parser.parse_args(["serve", "--host", "0.0.0.0", "--token", "t", "--names", "a,b"]))
     assert cfg.token == "t" and cfg.names == ["a", "b"]
     assert config_from_args(parser.parse_args(["serve"])).token is None  # localhost needs none
+
+
+def test_encoder_features_come_from_bounded_slices(monkeypatch):
+    """A pretrained encoder's rows are made from a slice of recent audio, and equal the whole-file rows
+    when the encoder is local (a stand-in encoder: each row is a statistic of its own audio + context)."""
+    import synctalk.audio.features as features
+    from synctalk.serve.features import StreamFeatures, right_context_samples
+
+    right = right_context_samples("ave")
+    seen = []
+
+    def fake(asr, audio, num_frames, **kw):
+        seen.append(audio.size)
+        audio = features.fit_audio(audio, num_frames, right)
+        return np.stack([np.full((512,), audio[640 * i:640 * (i + 1) + right].std(), np.float32)
+                         for i in range(num_frames)])
+
+    monkeypatch.setattr(features, "compute_features", fake)
+    audio = speech(3.0)
+    n = audio.size // 640
+    ref = fake("ave", audio, n)
+    sf = StreamFeatures("ave")
+    got = []
+    for i in range(0, audio.size, 1600):
+        sf.push(audio[i:i + 1600])
+        while len(got) < sf.ready_frames():
+            got.append(sf.window(len(got))[sf.spec.left])  # the frame's own row
+            sf.forget_before(len(got))
+    sf.end()
+    while len(got) < sf.ready_frames():
+        got.append(sf.window(len(got))[sf.spec.left])
+    assert len(got) == n
+    np.testing.assert_allclose(np.stack(got), ref, rtol=1e-5, atol=1e-6)
+    assert max(seen[1:-1]) < 16000  # each call saw a short slice, not the whole past

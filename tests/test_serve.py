@@ -146,6 +146,47 @@ def test_ten_seconds_stream_into_250_frames_in_order(server, person):
     assert server.server.worker.batches < 250  # frames were batched
 
 
+def test_utterances_continue_the_audio_clock(server):
+    """Two utterances: the second starts on the next whole frame, so frame k stays tied to sample k·640."""
+    from synctalk.serve.client import to_pcm
+    from synctalk.serve.protocol import unpack_frame
+
+    first, second = speech(1.0), speech(0.5, offset=3.0)[:7700]  # 12.03 frames: rounds up to 13
+
+    async def run():
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(server.url.replace("http", "ws") + "/ws/stream") as ws:
+                await ws.send_str(json.dumps({"type": "start", "name": NAME, "pace": "asap"}))
+                assert json.loads((await ws.receive(timeout=30)).data)["type"] == "ready"
+                for part in (first, second):
+                    await ws.send_bytes(to_pcm(part))
+                    await ws.send_str(json.dumps({"type": "end"}))
+                frames, ends = [], []
+                while len(ends) < 2:
+                    msg = await ws.receive(timeout=120)
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        frames.append(unpack_frame(msg.data))
+                    else:
+                        ends.append(json.loads(msg.data))
+                return frames, ends
+
+    frames, ends = asyncio.run(run())
+    sp = [f for f in frames if f.kind == 1]
+    assert [f.index for f in sp] == list(range(25 + 13))
+    assert [e["frames"] for e in ends] == [25, 38]
+    assert sp[30].timestamp_us == 30 * 40_000
+
+
+def test_realtime_pace_holds_a_burst_to_25_fps(server):
+    """Audio sent faster than real time (a whole sentence at once) still comes back at 25 fps."""
+    from synctalk.serve.client import stream_audio
+
+    r = asyncio.run(stream_audio(server.url, NAME, speech(2.0), chunk_ms=2000, pace="realtime"))
+    t = [a for f, a in zip(r.frames, r.arrived) if f.kind == 1]
+    assert len(t) == 50
+    assert t[-1] - t[0] >= 49 * 0.04 * 0.95
+
+
 def test_idle_frames_at_25_fps_without_audio(server):
     from synctalk.serve.protocol import KIND_IDLE, unpack_frame
 

@@ -100,6 +100,13 @@ def test_page_renders_and_streams(server, tmp_path):
             assert stats["speech"] == 100 and stats["lastIndex"] == 99
             assert stats["shown"] >= 60  # drawn when their time came (late ones are skipped, not bunched)
             assert stats["idle"] > 0  # the resting avatar before the first window was complete
+
+            # the microphone (Chromium's fake capture device): its sound streams and frames come back
+            page.click("#mic")
+            page.wait_for_function("() => window.synctalkStats.mode === 'mic' && window.synctalkStats.speech >= 110",
+                                   timeout=120_000)
+            page.click("#stop")
+            assert page.evaluate("() => window.synctalkStats.errors") == []
         finally:
             ctx.close()
     if os.environ.get("SYNCTALK_UPDATE_SCREENSHOT") == "1":

@@ -357,3 +357,31 @@ def test_encoder_features_come_from_bounded_slices(monkeypatch):
     assert len(got) == n
     np.testing.assert_allclose(np.stack(got), ref, rtol=1e-5, atol=1e-6)
     assert max(seen[1:-1]) < 16000  # each call saw a short slice, not the whole past
+
+
+def test_gpu_drawing_path_matches_the_cpu_one(person):
+    """The worker's GPU path (batches padded to a bucket, paste-back in torch) draws what the CPU path
+    draws; run on the CPU here, so the code a GPU runs is exercised too."""
+    import torch
+
+    from synctalk.serve.avatar import Avatar
+    from synctalk.serve.worker import BatchWorker, FrameJob, batch_bucket
+
+    assert [batch_bucket(n, 16) for n in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert batch_bucket(12, 12) == 12
+    avatar = Avatar(NAME, person.dataset_dir, person.checkpoint_dir, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    jobs = [FrameJob(avatar, k, k + 10, w, rng.standard_normal((16, 4, 80)).astype(np.float32), None, None)
+            for k, w in enumerate((1.0, 0.5, 1.0))]
+    worker = BatchWorker(8)
+    try:
+        cpu = worker.draw(jobs)
+        worker.gpu_path = True
+        gpu = worker.draw(jobs)
+    finally:
+        worker.close()
+    for a, b, j in zip(cpu, gpu, jobs):
+        real = avatar.frame(j.source)
+        assert a.shape == b.shape == real.shape
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
+        assert np.abs(a.astype(int) - real.astype(int)).mean() > 1.0  # the mouth was redrawn

@@ -20,7 +20,7 @@ class Avatar:
     """One person's dataset and UNet, ready to draw frames: `crops(src)`, `frame(src)`, `jpeg(src)`."""
 
     def __init__(self, name: str, dataset_dir: Path, checkpoint_dir: Path, device: Any, *,
-                 checkpoint: Path | None = None, bf16: bool = False, max_batch: int = 16) -> None:
+                 checkpoint: Path | None = None, bf16: bool = False) -> None:
         from ..render import Generator, load_boxes, load_generator, resolve_checkpoint
 
         self.name = validate_name(name)
@@ -32,7 +32,8 @@ class Avatar:
                                 f"rerun preprocessing of {name}")
         self.checkpoint = resolve_checkpoint(checkpoint_dir, name, checkpoint)
         model, ckpt = load_generator(self.checkpoint, device, layout=self.layout)
-        self.generator = Generator(model, ckpt, device, bf16=bf16, pad_to=max_batch)
+        # the worker pads batches to a few sizes itself (worker.batch_bucket)
+        self.generator = Generator(model, ckpt, device, bf16=bf16, pad_to=0)
         self.asr = self.generator.asr
         self.width_name = (ckpt.get("config") or {}).get("width", "full")
         self.device = device
@@ -98,11 +99,14 @@ class AvatarPool:
 
     def get(self, name: str) -> Avatar:
         """The loaded avatar `name` (loading it now if needed; SyncTalkError when it cannot be)."""
+        from .worker import warm_up
+
         validate_name(name)
         with self._lock:
             if name not in self._avatars:
-                self._avatars[name] = Avatar(name, self.dataset_dir, self.checkpoint_dir, self.device,
-                                             bf16=self.bf16, max_batch=self.max_batch)
+                avatar = Avatar(name, self.dataset_dir, self.checkpoint_dir, self.device, bf16=self.bf16)
+                warm_up(avatar, self.max_batch)
+                self._avatars[name] = avatar
             return self._avatars[name]
 
     def loaded(self) -> list[str]:

@@ -33,6 +33,38 @@ class FrameJob:
     t_drawn: float = 0.0
 
 
+def batch_bucket(n: int, max_batch: int) -> int:
+    """The network batch for n frames on a GPU: the next power of two (at most max_batch).
+
+    Every new input shape costs kernel selection, so batches are padded to a few sizes; padding
+    every batch to max_batch instead would spend most of the device on copies of one frame when
+    the streams are few.
+    """
+    b = 1
+    while b < n:
+        b *= 2
+    return max(n, min(b, max_batch))
+
+
+def warm_up(avatar: Any, max_batch: int) -> None:
+    """Run the network once at every bucket size so no stream pays for kernel selection (GPU only)."""
+    import torch
+
+    gen = avatar.generator
+    if gen.device.type != "cuda":
+        return
+    spec = gen.spec
+    b = 1
+    while True:
+        crops = np.repeat(avatar.crop(0)[None], b, axis=0)
+        feats = torch.zeros((b * spec.window, *spec.frame_shape), device=gen.device)
+        gen(crops, feats, [i * spec.window + spec.left for i in range(b)])
+        if b >= max_batch:
+            break
+        b = min(2 * b, max_batch)
+    torch.cuda.synchronize(gen.device)
+
+
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     """BGR uint8 → JPEG bytes."""
     import cv2
@@ -54,6 +86,8 @@ class BatchWorker:
         self._pool = ThreadPoolExecutor(max(1, encoders), thread_name_prefix="synctalk-jpeg")
         self.batches = 0
         self.frames = 0
+        # the GPU path (bucketed batches, paste-back with torch on the device): None = when on CUDA
+        self.gpu_path: bool | None = None
         self._thread = threading.Thread(target=self._run, name="synctalk-serve-worker", daemon=True)
         self._thread.start()
 
@@ -135,11 +169,16 @@ class BatchWorker:
             rows = np.concatenate([batch[i].rows for i in todo])
             feats = torch.from_numpy(rows).to(gen.device)
             idx = [i * spec.window + spec.left for i in range(len(todo))]
-            generated = gen(crops, feats, idx)
+            gpu = self.gpu_path if self.gpu_path is not None else gen.device.type == "cuda"
+            if gpu:
+                fill = batch_bucket(len(todo), self.max_batch) - len(todo)
+                crops = np.concatenate([crops, np.repeat(crops[-1:], fill, axis=0)])
+                idx = idx + [idx[-1]] * fill
+            generated = gen(crops, feats, idx)[:len(todo)]
             sel = [frames[i] for i in todo]
             boxes = [avatar.boxes[batch[i].source] for i in todo]
             weights = [float(batch[i].weight) for i in todo]
-            if gen.device.type == "cuda":
+            if gpu:
                 paste_back_torch(sel, generated, boxes, weights)
             else:
                 for f, c, b, w in zip(sel, crops_to_uint8(generated), boxes, weights):

@@ -312,6 +312,21 @@ def test_token_guards_every_route(person, tmp_path):
         srv.stop()
 
 
+def test_other_sites_cannot_use_a_local_server(server):
+    """Cross-site posts and streams, and requests for another host name (DNS rebinding), are refused."""
+    from synctalk.serve.app import foreign_request
+
+    evil = {"Origin": "http://evil.example"}
+    status, body = request("POST", f"{server.url}/api/jobs", json={"kind": "train", "name": NAME}, headers=evil)
+    assert status == 403 and "evil.example" in body["error"]
+    assert request("GET", f"{server.url}/api/info", headers={"Host": "evil.example"})[0] == 403
+    assert request("GET", f"{server.url}/api/info", headers={"Origin": server.url})[0] == 200
+    assert foreign_request("127.0.0.1:8765", "http://127.0.0.1:8765", changes=True, local_only=True) is None
+    assert foreign_request("[::1]:8765", None, changes=True, local_only=True) is None
+    assert foreign_request("box.lan:8765", None, changes=False, local_only=False) is None  # with a token
+    assert foreign_request("box.lan:8765", "http://other", changes=True, local_only=False)
+
+
 def test_listening_beyond_localhost_needs_a_token():
     from synctalk.cli import build_parser
     from synctalk.errors import SyncTalkError

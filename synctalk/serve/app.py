@@ -142,6 +142,19 @@ def _error(message: str, status: int = 400):
     return _json({"error": message}, status)
 
 
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+def foreign_request(host: str, origin: str | None, *, changes: bool, local_only: bool) -> str | None:
+    """Why a request must be refused as coming from elsewhere (None: it may go on)."""
+    name = host.rsplit(":", 1)[0] if host and not host.endswith("]") else host
+    if local_only and name not in _LOCAL_HOSTS:
+        return f"host {host!r} is not this machine (the server listens locally; start it with --token to serve others)"
+    if changes and origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+        return f"requests from {origin} may not change anything here or open streams"
+    return None
+
+
 async def _save_upload(part: Any, directory: Path, allowed: tuple[str, ...], max_bytes: int) -> Path:
     """Stream one uploaded file to `directory` under a new name; check its extension and size."""
     filename = part.filename or ""
@@ -226,6 +239,14 @@ def create_app(cfg: ServerConfig, server: Server | None = None) -> Any:
 
     @web.middleware
     async def guard(request, handler):
+        # another web site open in the user's browser may send requests here too: changes and streams
+        # must come from this page (Origin), and a local server only answers to local host names
+        # (DNS rebinding)
+        refused = foreign_request(request.host, request.headers.get("Origin"),
+                                  changes=request.method not in ("GET", "HEAD") or request.path.startswith("/ws/"),
+                                  local_only=cfg.token is None)
+        if refused:
+            return _error(refused, 403)
         token = cfg.token
         from_query = request.query.get("token")
         if token:

@@ -65,13 +65,19 @@ function watchJob(id, box, onDone) {
   const line = el('div');
   const log = el('pre');
   box.replaceChildren(line, bar, log);
+  let ticks = 0;
   const tick = async () => {
     let j;
     try { j = await api(`/api/jobs/${id}`); } catch (e) { line.textContent = e.message; return; }
     line.textContent = `job ${j.id}: ${j.kind} ${j.name} — ${j.status}` + (j.error ? ` (${j.error})` : '');
     if (j.percent != null) bar.value = j.percent; else bar.removeAttribute('value');
     log.textContent = (j.log || []).join('\n');
-    if (j.status === 'queued' || j.status === 'running') { setTimeout(tick, 700); return; }
+    if (j.status === 'queued' || j.status === 'running') {
+      // training writes preview images as it goes: show them while it runs
+      if (j.kind !== 'render' && ++ticks % 8 === 0) loadAvatars();
+      setTimeout(tick, 700);
+      return;
+    }
     bar.value = 100;
     loadAvatars();
     if (onDone) onDone(j);

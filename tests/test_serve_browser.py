@@ -1,5 +1,6 @@
 """The page in a real browser (the distribution's headless Chromium, driven by Playwright): the avatar
-list, a render that plays, and a live stream whose frames arrive and are shown in time with the sound.
+list, a render that plays, a live stream whose frames arrive and are shown in time with the sound,
+the microphone as a stream, and recorded speech rendered.
 
 Skipped on a developer machine without Chromium or Playwright; in CI (CI=true) it must run.
 """
@@ -107,6 +108,16 @@ def test_page_renders_and_streams(server, tmp_path):
                                    timeout=120_000)
             page.click("#stop")
             assert page.evaluate("() => window.synctalkStats.errors") == []
+
+            # speech recorded in the page (MediaRecorder, WebM/Opus) is rendered and plays as well
+            page.click("#record")
+            page.wait_for_timeout(1500)
+            page.click("#record")
+            page.wait_for_function("() => window.synctalkStats.renders >= 2", timeout=180_000)
+            page.wait_for_function("() => { const v = document.getElementById('render-video');"
+                                   " return v.error || (v.readyState >= 2 && v.currentTime > 0.2); }",
+                                   timeout=60_000)
+            assert page.evaluate("() => document.getElementById('render-video').error") is None
         finally:
             ctx.close()
     if os.environ.get("SYNCTALK_UPDATE_SCREENSHOT") == "1":

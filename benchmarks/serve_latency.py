@@ -22,7 +22,6 @@ import asyncio
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

@@ -400,3 +400,22 @@ def test_gpu_drawing_path_matches_the_cpu_one(person):
         assert a.shape == b.shape == real.shape
         assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
         assert np.abs(a.astype(int) - real.astype(int)).mean() > 1.0  # the mouth was redrawn
+
+
+def test_silence_in_a_stream_eases_back_to_the_real_frame():
+    """Speech, a 1 s pause, speech: generated, cross-faded to the real frame and back (complete two frames
+    before the sound, as file renders); a 2-frame gap keeps the generated mouth."""
+    from synctalk.serve.session import SilenceGate
+
+    talk = speech(1.0)  # 25 frames, loud at both ends
+    audio = np.concatenate([talk, np.zeros(2 * 640, np.float32), talk, np.zeros(25 * 640, np.float32), talk])
+    gate = SilenceGate()
+    gate.push(audio)
+    gate.end()
+    w = np.array([gate.weight(k) for k in range(len(gate.rms))])
+    assert len(w) == 102 and gate.loud[51] and not any(gate.loud[52:77]) and gate.loud[77]
+    assert w[:54].min() == 1.0  # speech, the short gap, and two frames of trailing lips
+    np.testing.assert_allclose(w[54:58], [0.8, 0.6, 0.4, 0.2])  # eased, not cut
+    assert w[58:71].max() == 0.0  # the real frame in the pause
+    np.testing.assert_allclose(w[71:75], [0.2, 0.4, 0.6, 0.8])
+    assert w[75:].min() == 1.0  # generated from two frames before the sound

@@ -24,33 +24,43 @@ from .protocol import KIND_IDLE, KIND_SPEECH, pack_frame
 from .worker import BatchWorker, FrameJob
 
 FRAME_S = 1.0 / FPS
-# silence in a stream: the same rule as file renders, decided frame by frame with the look-ahead the
-# audio window already waits for (a pause shorter than the bridge keeps the generated mouth)
+# silence in a stream, by the rule file renders use, decided frame by frame inside the look-ahead the
+# audio window already waits for: the mouth is generated from SPEECH_LEAD frames before a loud frame
+# to SPEECH_LEAD frames after it, cross-faded to the real frame over CROSSFADE_FRAMES outside that
+# (so pauses of up to 2·SPEECH_LEAD frames keep the generated mouth)
 SILENCE_REL_DB = 30.0  # below the speech level by this much
 SILENCE_FLOOR = 10 ** (-55.0 / 20.0)  # and never louder than -55 dBFS
-SPEECH_BRIDGE = 2  # frames around a loud frame that stay generated (lips lead and trail the sound)
+SPEECH_LEAD = 2  # frames the lips lead (and trail) the sound
 CROSSFADE_FRAMES = 4  # real ↔ generated over this many frames
 LEVEL_DECAY = 0.9995  # per frame: the speech level forgets a loud moment over about a minute
 IDLE_AFTER_S = 0.2  # inside an utterance, wait this long for audio before showing idle frames
 
 
 class SilenceGate:
-    """Per frame of a stream: how much of the mouth is generated (1) or the real frame (0)."""
+    """Per frame of a stream: how much of the mouth is generated (1) or the real frame (0).
+
+    Frame k's weight reads the loudness of frames up to k + SPEECH_LEAD + CROSSFADE_FRAMES + 1, which
+    a frame's audio window (8 frames of look-ahead) has always brought already.
+    """
+
+    REACH = SPEECH_LEAD + CROSSFADE_FRAMES + 1
 
     def __init__(self) -> None:
         self.rms: list[float] = []
+        self.loud: list[bool] = []
         self._rest = np.zeros(0, dtype=np.float32)
         self.level = 0.0
-        self._weight: float | None = None
-        self._next = 0
 
     def push(self, audio: np.ndarray) -> None:
-        """Add samples (RMS per whole frame)."""
+        """Add samples (RMS and loudness per whole frame)."""
         x = np.concatenate([self._rest, np.asarray(audio, dtype=np.float32)])
         n = x.size // HOP
         if n:
             r = np.sqrt(np.mean(x[:n * HOP].reshape(n, HOP).astype(np.float64) ** 2, axis=1))
-            self.rms.extend(r.tolist())
+            for v in r.tolist():
+                self.level = max(self.level * LEVEL_DECAY, v)
+                self.rms.append(v)
+                self.loud.append(v >= max(SILENCE_FLOOR, self.level * 10 ** (-SILENCE_REL_DB / 20.0)))
         self._rest = x[n * HOP:]
 
     def end(self) -> None:
@@ -59,20 +69,13 @@ class SilenceGate:
             self.push(np.zeros(HOP - self._rest.size, dtype=np.float32))
 
     def weight(self, k: int) -> float:
-        """Weight of frame k (called once per frame, in order)."""
-        while self._next <= k:
-            j = self._next
-            if j < len(self.rms):
-                self.level = max(self.level * LEVEL_DECAY, self.rms[j])
-            threshold = max(SILENCE_FLOOR, self.level * 10 ** (-SILENCE_REL_DB / 20.0))
-            near = self.rms[max(0, j - SPEECH_BRIDGE):j + SPEECH_BRIDGE + 1]
-            target = 1.0 if any(v >= threshold for v in near) else 0.0
-            if self._weight is None:
-                self._weight = target
-            step = 1.0 / (CROSSFADE_FRAMES + 1)
-            self._weight = min(target, self._weight + step) if target > self._weight else max(target, self._weight - step)
-            self._next += 1
-        return float(self._weight or 0.0)
+        """Weight of frame k: 1 within SPEECH_LEAD frames of a loud frame, easing to 0 beyond."""
+        lo, hi = max(0, k - self.REACH), min(len(self.loud), k + self.REACH + 1)
+        near = [abs(i - k) for i in range(lo, hi) if self.loud[i]]
+        if not near:
+            return 0.0
+        d = min(near)
+        return 1.0 if d <= SPEECH_LEAD else max(0.0, 1.0 - (d - SPEECH_LEAD) / (CROSSFADE_FRAMES + 1))
 
 
 class StreamSession:

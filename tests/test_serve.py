@@ -308,8 +308,49 @@ def test_token_guards_every_route(person, tmp_path):
         status, body = request("GET", f"{srv.url}/api/info", headers={"Authorization": "Bearer s3cret"})
         assert status == 200 and body["audio_models"]["mel"]["lookahead_frames"] == 8
         assert request("GET", f"{srv.url}/?token=s3cret")[0] == 200
+
+        async def cookie_then_stream():  # the page opened once with ?token= works on by its cookie
+            # unsafe=True: like a browser, keep cookies of a host given by IP address
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+                async with http.get(f"{srv.url}/?token=s3cret") as resp:
+                    assert resp.status == 200 and "synctalk_token" in resp.cookies
+                async with http.get(f"{srv.url}/api/avatars") as resp:
+                    assert resp.status == 200
+                async with http.ws_connect(srv.url.replace("http", "ws") + f"/ws/stream?name={NAME}") as ws:
+                    return json.loads((await ws.receive(timeout=60)).data)
+
+        assert asyncio.run(cookie_then_stream())["type"] == "ready"
     finally:
         srv.stop()
+
+
+def test_the_serve_command_answers(person, tmp_path):
+    """`synctalk serve` as a user starts it: a process that listens and answers."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "synctalk.cli", "serve", "--port", str(port), "--device", "cpu",
+                             "--dataset_dir", str(person.dataset_dir), "--checkpoint_dir", str(person.checkpoint_dir),
+                             "--work_dir", str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                status, body = request("GET", f"http://127.0.0.1:{port}/api/avatars")
+                break
+            except aiohttp.ClientConnectionError:
+                assert proc.poll() is None and time.monotonic() < end, proc.stdout.read().decode()
+                time.sleep(0.3)
+        assert status == 200 and [a["name"] for a in body["avatars"]] == [NAME]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_other_sites_cannot_use_a_local_server(server):

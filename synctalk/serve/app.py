@@ -260,7 +260,7 @@ def create_app(cfg: ServerConfig, server: Server | None = None) -> Any:
             resp = await handler(request)
         except SyncTalkError as exc:
             return _error(str(exc), 400)
-        if token and from_query and isinstance(resp, web.Response) and not resp.prepared:
+        if token and from_query and isinstance(resp, web.StreamResponse) and not resp.prepared:
             resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
         return resp
 

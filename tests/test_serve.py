@@ -187,6 +187,21 @@ def test_realtime_pace_holds_a_burst_to_25_fps(server):
     assert t[-1] - t[0] >= 49 * 0.04 * 0.95
 
 
+def test_concurrent_streams_share_batches(server):
+    """Two viewers at once: each gets all its frames in order, and the worker batches them together."""
+    from synctalk.serve.client import stream_audio
+
+    async def both():
+        return await asyncio.gather(*[stream_audio(server.url, NAME, speech(3.0, offset=o), chunk_ms=200)
+                                      for o in (1.0, 5.0)])
+
+    shared0 = server.server.worker.shared_batches
+    results = asyncio.run(both())
+    for r in results:
+        assert [f.index for f in r.speech] == list(range(75))
+    assert server.server.worker.shared_batches > shared0
+
+
 def test_idle_frames_at_25_fps_without_audio(server):
     from synctalk.serve.protocol import KIND_IDLE, unpack_frame
 

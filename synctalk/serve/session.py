@@ -156,7 +156,7 @@ class StreamSession:
             src = int(self._walk_table[self.walk % period])
             self.walk += 1
             jobs.append(FrameJob(self.avatar, k, src, self.gate.weight(k - self.offset), rows,
-                                 self._done_cb, self._fail_cb, self.quality, t_ready))
+                                 self._done_cb, self._fail_cb, self.quality, self, t_ready))
         self.next_index = max(self.next_index, ready)
         self.features.forget_before(self.next_index - self.offset)
         self.worker.submit(jobs)

@@ -29,6 +29,7 @@ class FrameJob:
     done: Callable[["FrameJob", bytes], None]
     failed: Callable[["FrameJob", BaseException], None]
     quality: int = 80
+    owner: Any = None  # the session it belongs to (for the statistics)
     t_ready: float = field(default_factory=time.perf_counter)  # when its audio window was complete
     t_drawn: float = 0.0
 
@@ -86,6 +87,7 @@ class BatchWorker:
         self._pool = ThreadPoolExecutor(max(1, encoders), thread_name_prefix="synctalk-jpeg")
         self.batches = 0
         self.frames = 0
+        self.shared_batches = 0  # batches that held frames of more than one stream
         # the GPU path (bucketed batches, paste-back with torch on the device): None = when on CUDA
         self.gpu_path: bool | None = None
         self._thread = threading.Thread(target=self._run, name="synctalk-serve-worker", daemon=True)
@@ -138,6 +140,7 @@ class BatchWorker:
                 continue
             self.batches += 1
             self.frames += len(batch)
+            self.shared_batches += len({id(j.owner) for j in batch}) > 1
             # encoding overlaps the next batch on the device; sessions put frames back in order
             for j, f in zip(batch, frames):
                 self._pool.submit(self._encode, j, f)

@@ -156,8 +156,9 @@ def test_utterances_continue_the_audio_clock(server):
     async def run():
         async with aiohttp.ClientSession() as http:
             async with http.ws_connect(server.url.replace("http", "ws") + "/ws/stream") as ws:
-                await ws.send_str(json.dumps({"type": "start", "name": NAME, "pace": "asap"}))
-                assert json.loads((await ws.receive(timeout=30)).data)["type"] == "ready"
+                await ws.send_str(json.dumps({"type": "start", "name": NAME, "pace": "asap", "max_side": 256}))
+                ready = json.loads((await ws.receive(timeout=30)).data)
+                assert ready["type"] == "ready" and max(ready["width"], ready["height"]) == 256
                 for part in (first, second):
                     await ws.send_bytes(to_pcm(part))
                     await ws.send_str(json.dumps({"type": "end"}))
@@ -175,6 +176,10 @@ def test_utterances_continue_the_audio_clock(server):
     assert [f.index for f in sp] == list(range(25 + 13))
     assert [e["frames"] for e in ends] == [25, 38]
     assert sp[30].timestamp_us == 30 * 40_000
+    import cv2
+
+    for f in (sp[5], frames[0]):  # speech and idle frames scaled to max_side
+        assert max(cv2.imdecode(np.frombuffer(f.jpeg, np.uint8), cv2.IMREAD_COLOR).shape[:2]) == 256
 
 
 def test_realtime_pace_holds_a_burst_to_25_fps(server):

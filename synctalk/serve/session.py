@@ -82,7 +82,7 @@ class StreamSession:
     """The state of one WebSocket stream; all methods run on the event loop's thread."""
 
     def __init__(self, avatar: Any, worker: BatchWorker, send: Callable[[Any], Awaitable[None]], *,
-                 pace: str = "realtime", quality: int = 80, start_frame: int = 0,
+                 pace: str = "realtime", quality: int = 80, start_frame: int = 0, max_side: int = 0,
                  models_dir: Any = None) -> None:
         from ..errors import SyncTalkError
         from ..render import pingpong_indices
@@ -91,6 +91,9 @@ class StreamSession:
             raise SyncTalkError(f"pace must be 'realtime' or 'asap', got {pace!r}")
         if not 1 <= int(quality) <= 100:
             raise SyncTalkError(f"quality must be 1..100, got {quality!r}")
+        if not (int(max_side) == 0 or 16 <= int(max_side) <= 8192):
+            raise SyncTalkError(f"max_side must be 0 (full size) or 16..8192, got {max_side!r}")
+        self.max_side = int(max_side)
         self.avatar = avatar
         self.worker = worker
         self.send = send
@@ -126,8 +129,13 @@ class StreamSession:
     def info(self) -> dict:
         """The "ready" message."""
         asr = self.avatar.asr
-        return {"type": "ready", **self.avatar.describe(), "fps": FPS, "sample_rate": SAMPLE_RATE,
+        info = {"type": "ready", **self.avatar.describe(), "fps": FPS, "sample_rate": SAMPLE_RATE,
                 "lookahead_frames": lookahead_frames(asr), "min_delay_ms": min_delay_ms(asr), "pace": self.pace}
+        w, h = self.avatar.width, self.avatar.height
+        if self.max_side and max(w, h) > self.max_side:  # the size of the frames this stream sends
+            scale = self.max_side / max(w, h)
+            info["width"], info["height"] = max(1, round(w * scale)), max(1, round(h * scale))
+        return info
 
     def push_pcm(self, data: bytes) -> None:
         """Add one binary audio message (s16le, already checked) and submit every frame it completes."""
@@ -156,7 +164,7 @@ class StreamSession:
             src = int(self._walk_table[self.walk % period])
             self.walk += 1
             jobs.append(FrameJob(self.avatar, k, src, self.gate.weight(k - self.offset), rows,
-                                 self._done_cb, self._fail_cb, self.quality, self, t_ready))
+                                 self._done_cb, self._fail_cb, self.quality, self, self.max_side, t_ready))
         self.next_index = max(self.next_index, ready)
         self.features.forget_before(self.next_index - self.offset)
         self.worker.submit(jobs)
@@ -212,7 +220,7 @@ class StreamSession:
             if not busy and now - last_speech >= wait_for_audio and now - last_sent >= FRAME_S * 0.999:
                 src = int(self._walk_table[self.walk % len(self._walk_table)])
                 self.walk += 1
-                jpeg = await self.loop.run_in_executor(None, self.avatar.real_jpeg, src)
+                jpeg = await self.loop.run_in_executor(None, self._idle_jpeg, src)
                 await self.send(pack_frame(KIND_IDLE, self.seq, -1, src, jpeg, FPS))
                 self.seq += 1
                 self.sent_idle += 1
@@ -223,6 +231,14 @@ class StreamSession:
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)
             except asyncio.TimeoutError:
                 pass
+
+    def _idle_jpeg(self, src: int) -> bytes:
+        """The resting avatar's frame: the stored JPEG, or re-encoded smaller when max_side asks it."""
+        if self.max_side and max(self.avatar.width, self.avatar.height) > self.max_side:
+            from .worker import encode_jpeg
+
+            return encode_jpeg(self.avatar.frame(src), self.quality, self.max_side)
+        return self.avatar.real_jpeg(src)
 
     async def _send_ends(self) -> None:
         while self._ends and self._ends[0] <= self.next_send:

@@ -30,6 +30,7 @@ class FrameJob:
     failed: Callable[["FrameJob", BaseException], None]
     quality: int = 80
     owner: Any = None  # the session it belongs to (for the statistics)
+    max_side: int = 0  # scale the sent frame down so its longer side is at most this (0: as is)
     t_ready: float = field(default_factory=time.perf_counter)  # when its audio window was complete
     t_drawn: float = 0.0
 
@@ -66,10 +67,14 @@ def warm_up(avatar: Any, max_batch: int) -> None:
     torch.cuda.synchronize(gen.device)
 
 
-def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    """BGR uint8 → JPEG bytes."""
+def encode_jpeg(frame: np.ndarray, quality: int, max_side: int = 0) -> bytes:
+    """BGR uint8 → JPEG bytes (scaled down first so the longer side is at most `max_side`, when given)."""
     import cv2
 
+    h, w = frame.shape[:2]
+    if max_side and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        frame = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", frame, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
@@ -79,12 +84,16 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
 class BatchWorker:
     """The device's one drawing thread; `submit` from any thread, callbacks run on the worker thread."""
 
-    def __init__(self, max_batch: int = 16, encoders: int = 4) -> None:
+    def __init__(self, max_batch: int = 16, encoders: int = 0) -> None:
         self.max_batch = max(1, int(max_batch))
         self._jobs: list[FrameJob] = []
         self._cond = threading.Condition()
         self._stop = False
-        self._pool = ThreadPoolExecutor(max(1, encoders), thread_name_prefix="synctalk-jpeg")
+        from ..device import usable_cpus
+
+        # JPEG encoding is the CPU's share of every frame: half the cores, at most 8 (0 = that default)
+        encoders = encoders or min(8, max(2, usable_cpus() // 2))
+        self._pool = ThreadPoolExecutor(encoders, thread_name_prefix="synctalk-jpeg")
         self.batches = 0
         self.frames = 0
         self.shared_batches = 0  # batches that held frames of more than one stream
@@ -148,7 +157,7 @@ class BatchWorker:
     @staticmethod
     def _encode(job: FrameJob, frame: np.ndarray) -> None:
         try:
-            jpeg = encode_jpeg(frame, job.quality)
+            jpeg = encode_jpeg(frame, job.quality, job.max_side)
         except BaseException as exc:
             job.failed(job, exc)
             return

@@ -207,6 +207,17 @@ def test_concurrent_streams_share_batches(server):
     assert server.server.worker.shared_batches > shared0
 
 
+def test_a_late_live_stream_sheds_frames_instead_of_falling_behind(server):
+    """With max_lag_ms, frames already too late show the real mouth (no network run), still in order."""
+    from synctalk.serve.client import stream_audio
+
+    shed0 = server.server.worker.shed
+    # a burst of 2 s with a 1 ms limit: nearly every frame is late when it is drawn
+    r = asyncio.run(stream_audio(server.url, NAME, speech(2.0), chunk_ms=2000, options={"max_lag_ms": 1}))
+    assert [f.index for f in r.speech] == list(range(50))
+    assert server.server.worker.shed - shed0 >= 40
+
+
 def test_idle_frames_at_25_fps_without_audio(server):
     from synctalk.serve.protocol import KIND_IDLE, unpack_frame
 

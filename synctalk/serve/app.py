@@ -424,7 +424,7 @@ async def _stream(request: Any, server: Server) -> Any:
     ws = web.WebSocketResponse(max_msg_size=MAX_CHUNK_SAMPLES * 2 + 1024, heartbeat=30)
     await ws.prepare(request)
     loop = asyncio.get_running_loop()
-    keys = ("name", "pace", "quality", "start_frame", "max_side")
+    keys = ("name", "pace", "quality", "start_frame", "max_side", "max_lag_ms")
     opts: dict[str, Any] = {k: request.query[k] for k in keys if k in request.query}
     session = None
     sender = None
@@ -444,7 +444,8 @@ async def _stream(request: Any, server: Server) -> Any:
         avatar = await loop.run_in_executor(None, server.pool.get, name)
         s = StreamSession(avatar, server.worker, send, pace=str(opts.get("pace", "realtime")),
                           quality=int(opts.get("quality", 80)), start_frame=int(opts.get("start_frame", 0)),
-                          max_side=int(opts.get("max_side", 0)), models_dir=server.cfg.models_dir)
+                          max_side=int(opts.get("max_side", 0)), max_lag_ms=float(opts.get("max_lag_ms", 0)),
+                          models_dir=server.cfg.models_dir)
         server.sessions.add(s)
         await send(json.dumps(s.info()))
         return s

@@ -46,14 +46,18 @@ def to_pcm(audio: np.ndarray) -> bytes:
 
 async def stream_audio(url: str, name: str, audio: np.ndarray, *, chunk_ms: float = 100.0, realtime: bool = False,
                        pace: str = "asap", token: str | None = None, tail_idle_s: float = 0.0,
-                       timeout: float = 300.0, speed: float = 1.0) -> StreamResult:
+                       timeout: float = 300.0, speed: float = 1.0, options: dict | None = None) -> StreamResult:
     """Send `audio` (16 kHz mono float) in chunks, then "end"; collect frames until the server's "end".
 
     With `realtime` the chunks go out at the speed of the audio (times `speed`), as from a microphone.
+    `options` are further stream options (quality, start_frame, max_side, max_lag_ms).
     """
+    from urllib.parse import urlencode
+
     import aiohttp
 
-    ws_url = url.replace("http", "ws", 1) + f"/ws/stream?name={name}&pace={pace}"
+    query = urlencode({"name": name, "pace": pace, **(options or {})})
+    ws_url = url.replace("http", "ws", 1) + f"/ws/stream?{query}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     step = max(320, int(SAMPLE_RATE * chunk_ms / 1000))
     async with aiohttp.ClientSession(headers=headers) as http:

@@ -2,7 +2,7 @@
 
 Client → server
   text   {"type": "start", "name": AVATAR, "pace": "realtime"|"asap", "quality": 1..100, "start_frame": N,
-          "max_side": PIXELS}
+          "max_side": PIXELS, "max_lag_ms": MS}
          (optional: the avatar may also come as ?name= in the URL; must precede the first audio)
   binary audio: 16 kHz mono signed 16-bit little-endian PCM, at least 20 ms (320 samples) per message
   text   {"type": "end"}    the utterance is over: its last frames are made (the audio after it is

@@ -83,7 +83,7 @@ class StreamSession:
 
     def __init__(self, avatar: Any, worker: BatchWorker, send: Callable[[Any], Awaitable[None]], *,
                  pace: str = "realtime", quality: int = 80, start_frame: int = 0, max_side: int = 0,
-                 models_dir: Any = None) -> None:
+                 max_lag_ms: float = 0.0, models_dir: Any = None) -> None:
         from ..errors import SyncTalkError
         from ..render import pingpong_indices
 
@@ -94,6 +94,9 @@ class StreamSession:
         if not (int(max_side) == 0 or 16 <= int(max_side) <= 8192):
             raise SyncTalkError(f"max_side must be 0 (full size) or 16..8192, got {max_side!r}")
         self.max_side = int(max_side)
+        if not 0 <= float(max_lag_ms) <= 60_000:
+            raise SyncTalkError(f"max_lag_ms must be 0 (off) to 60000, got {max_lag_ms!r}")
+        self.max_lag = float(max_lag_ms) / 1000.0
         self.avatar = avatar
         self.worker = worker
         self.send = send
@@ -164,7 +167,8 @@ class StreamSession:
             src = int(self._walk_table[self.walk % period])
             self.walk += 1
             jobs.append(FrameJob(self.avatar, k, src, self.gate.weight(k - self.offset), rows,
-                                 self._done_cb, self._fail_cb, self.quality, self, self.max_side, t_ready))
+                                 self._done_cb, self._fail_cb, self.quality, self, self.max_side, self.max_lag,
+                                 t_ready))
         self.next_index = max(self.next_index, ready)
         self.features.forget_before(self.next_index - self.offset)
         self.worker.submit(jobs)

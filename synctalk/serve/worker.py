@@ -31,6 +31,7 @@ class FrameJob:
     quality: int = 80
     owner: Any = None  # the session it belongs to (for the statistics)
     max_side: int = 0  # scale the sent frame down so its longer side is at most this (0: as is)
+    max_lag: float = 0.0  # seconds: a frame taken later than this after t_ready shows the real mouth (0: off)
     t_ready: float = field(default_factory=time.perf_counter)  # when its audio window was complete
     t_drawn: float = 0.0
 
@@ -97,6 +98,7 @@ class BatchWorker:
         self.batches = 0
         self.frames = 0
         self.shared_batches = 0  # batches that held frames of more than one stream
+        self.shed = 0  # frames sent with the real mouth because they were already too late
         # the GPU path (bucketed batches, paste-back with torch on the device): None = when on CUDA
         self.gpu_path: bool | None = None
         self._thread = threading.Thread(target=self._run, name="synctalk-serve-worker", daemon=True)
@@ -173,7 +175,11 @@ class BatchWorker:
         gen = avatar.generator
         spec = gen.spec
         frames = [avatar.frame(j.source).copy() for j in batch]
-        todo = [i for i, j in enumerate(batch) if j.weight > 0]
+        now = time.perf_counter()
+        # a device that has fallen behind a live stream sheds work instead of falling further behind
+        late = [j.max_lag > 0 and now - j.t_ready > j.max_lag for j in batch]
+        self.shed += sum(late)
+        todo = [i for i, j in enumerate(batch) if j.weight > 0 and not late[i]]
         if todo:
             crops = np.stack([avatar.crop(batch[i].source) for i in todo])
             # each job's window laid end to end: row i·window + left is job i's frame, so the

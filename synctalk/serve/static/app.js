@@ -185,7 +185,9 @@ class Live {
   open() {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     // the audio goes out in real time and this page schedules the pictures itself: no server pacing
-    this.ws = new WebSocket(`${proto}//${location.host}/ws/stream?name=${encodeURIComponent(this.name)}&pace=asap`);
+    // a live microphone sheds frames rather than fall ever further behind on a slow device
+    const lag = this.mode === 'mic' ? '&max_lag_ms=1000' : '';
+    this.ws = new WebSocket(`${proto}//${location.host}/ws/stream?name=${encodeURIComponent(this.name)}&pace=asap${lag}`);
     this.ws.binaryType = 'arraybuffer';
     this.ws.onmessage = (m) => this.message(m);
     this.ws.onclose = () => { this.closed = true; };

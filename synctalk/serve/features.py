@@ -8,11 +8,12 @@ context, is the least delay a stream can have (`min_delay_ms`).
 The `mel` features are computed exactly incrementally (the same STFT frames, filterbank and
 normalisation as the file path, frame by frame). Features of pretrained encoders (`ave`, `wenet`,
 `hubert`) are computed on a bounded slice of recent audio around the new rows (a fixed left context,
-never the whole past).
+never the whole past), each encoder loaded once per process.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,14 @@ from ..audio.registry import get_spec
 from ..constants import FPS, SAMPLE_RATE
 
 HOP = SAMPLE_RATE // FPS  # 640 samples per video frame
-# left context (frames) of the slice the pretrained encoders are run on
+# left context (frames) of the slice the pretrained encoders are run on: ave's window starts one frame
+# before its row, wenet's chunk 8 frames (320 ms) before; HuBERT attends to everything, a second will do
 _SLICE_LEFT = {"ave": 4, "wenet": 8, "hubert": 25}
+# rows per encoder run: HuBERT's slice is long, so it runs every 5 frames (adds up to 160 ms)
+_SLICE_STEP = {"ave": 1, "wenet": 1, "hubert": 5}
+# a slice starts on a multiple of this many frames, so its STFT frames fall where the whole file's do
+# (ave's mel hop is 200 samples: 5 video frames = 16 mel frames; fbank and HuBERT hops divide 640)
+_SLICE_ALIGN = {"ave": 5, "wenet": 1, "hubert": 1}
 
 
 def right_context_samples(asr: str) -> int:
@@ -45,8 +52,9 @@ def lookahead_frames(asr: str) -> int:
 
 
 def min_delay_ms(asr: str) -> float:
-    """Least delay from a frame's timestamp (its first audio sample) to the moment its window is complete."""
-    samples = lookahead_frames(asr) * HOP + right_context_samples(asr)
+    """Least delay from a frame's timestamp (its first audio sample) to the moment its window is complete
+    (for encoders run every few frames, the worst case)."""
+    samples = (lookahead_frames(asr) + _SLICE_STEP.get(asr, 1) - 1) * HOP + right_context_samples(asr)
     return 1000.0 * samples / SAMPLE_RATE
 
 
@@ -79,8 +87,8 @@ class _MelRows:
         self.next_mel = 0  # next mel frame to compute
         self.pending: list[np.ndarray] = []  # mel frames of the row being filled
 
-    def push(self, audio: np.ndarray) -> list[np.ndarray]:
-        """Add samples; return the rows (4, 80) completed by them."""
+    def push(self, audio: np.ndarray, final: bool = False) -> list[np.ndarray]:
+        """Add samples; return the rows (4, 80) completed by them (`final`: nothing more will come)."""
         c = self.cfg
         x = np.asarray(audio, dtype=np.float64)
         if x.size == 0:
@@ -116,36 +124,105 @@ class _MelRows:
         return rows
 
 
+_ENCODERS: dict[tuple[str, str, str], Any] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+def loaded_encoder(asr: str, models_dir: Any, device: Any) -> Any:
+    """The pretrained audio encoder of `asr`, loaded once per process and device (streams share it)."""
+    key = (asr, str(models_dir), str(device))
+    with _ENCODERS_LOCK:
+        if key not in _ENCODERS:
+            from ..weights import resolve_model_file
+
+            if asr == "ave":
+                from ..audio import ave
+
+                _ENCODERS[key] = ave.load_encoder(resolve_model_file("ave", models_dir), device)
+            elif asr == "hubert":
+                from ..audio import hubert
+
+                _ENCODERS[key] = hubert.load_hubert(models_dir, device)
+            elif asr == "wenet":
+                from ..audio import wenet
+
+                _ENCODERS[key] = wenet.WenetEncoder(resolve_model_file("wenet", models_dir), device)
+            else:
+                raise NotImplementedError(asr)
+        return _ENCODERS[key]
+
+
+def encoder_rows(asr: str, audio: np.ndarray, num_frames: int, encoder: Any, device: Any) -> np.ndarray:
+    """Rows of a pretrained encoder for `audio` fitted as the file path fits it, with a loaded encoder.
+
+    The file path's extractors load their model on every call, which a stream (a call every frame)
+    cannot afford; ave and wenet are run here on the same pieces of their modules (mel/fbank, window
+    starts, the encoder), hubert through its own extract.
+    """
+    import torch
+
+    from ..audio.features import fit_audio
+
+    audio = fit_audio(audio, num_frames, right_context_samples(asr))
+    if asr == "hubert":
+        from ..audio import hubert
+
+        fe, model = encoder
+        return hubert.extract(audio, num_frames, fe, model, str(device)).astype(np.float32)
+    if asr == "ave":
+        from ..audio import ave
+        from ..audio.melspec import WAV2LIP_MEL, log_mel
+
+        mel = log_mel(audio, WAV2LIP_MEL, device=device, as_tensor=True)
+        if mel.shape[0] < ave.MEL_WINDOW:
+            mel = torch.nn.functional.pad(mel, (0, 0, 0, ave.MEL_WINDOW - mel.shape[0]), value=-WAV2LIP_MEL.max_abs)
+        starts = torch.from_numpy(ave.window_starts(num_frames, mel.shape[0])).to(mel.device)
+        win = mel[starts[:, None] + torch.arange(ave.MEL_WINDOW, device=mel.device)[None, :]]
+        with torch.inference_mode():
+            return encoder(win.transpose(1, 2).unsqueeze(1)).float().cpu().numpy()
+    if asr == "wenet":
+        from ..audio import wenet
+
+        padded = np.concatenate([np.zeros(wenet.LEAD_FRAMES * wenet.HOP, dtype=np.float32), audio])
+        feats = wenet.log_fbank(padded)
+        need = wenet.FRAME_STEP * (num_frames - 1) + encoder.chunk_frames
+        if feats.shape[0] < need:
+            pad = np.full((need - feats.shape[0], wenet.MEL_BINS), np.log(np.finfo(np.float32).eps), np.float32)
+            feats = np.concatenate([feats, pad])
+        step = wenet.FRAME_STEP
+        return np.stack([encoder(feats[step * i:step * i + encoder.chunk_frames]) for i in range(num_frames)])
+    raise NotImplementedError(asr)
+
+
 class _SliceRows:
     """Rows of a pretrained encoder, each computed once from a bounded slice of recent audio."""
 
     def __init__(self, asr: str, models_dir: Any, device: Any) -> None:
         self.asr = asr
-        self.models_dir = models_dir
         self.device = device
+        self.encoder = loaded_encoder(asr, models_dir, device)
         self.left = _SLICE_LEFT[asr]
+        self.step = _SLICE_STEP[asr]
+        self.align = _SLICE_ALIGN[asr]
         self.right = right_context_samples(asr)
         self.audio = np.zeros(0, dtype=np.float32)
         self.audio_start = 0  # sample index of audio[0]
         self.next_row = 0
 
-    def push(self, audio: np.ndarray) -> list[np.ndarray]:
-        """Add samples; return the rows completed by them."""
-        from ..audio.features import compute_features
-
+    def push(self, audio: np.ndarray, final: bool = False) -> list[np.ndarray]:
+        """Add samples; return the rows completed by them (at least `step` at a time until the end)."""
         self.audio = np.concatenate([self.audio, np.asarray(audio, dtype=np.float32)])
         end = self.audio_start + self.audio.size
         last = (end - self.right) // HOP  # rows [next_row, last) have all their audio
-        if last <= self.next_row:
+        if last <= self.next_row or (last - self.next_row < self.step and not final):
             return []
         first = max(0, self.next_row - self.left)
-        lo = first * HOP - self.audio_start
-        piece = self.audio[lo:]
-        feats = compute_features(self.asr, piece, last - first, models_dir=self.models_dir,
-                                 device=str(self.device), progress=False)
-        rows = list(feats[self.next_row - first:])
+        first -= first % self.align
+        piece = self.audio[first * HOP - self.audio_start:]
+        rows = list(encoder_rows(self.asr, piece, last - first, self.encoder, self.device)[self.next_row - first:])
         self.next_row = last
-        drop = max(0, (self.next_row - self.left) * HOP - self.audio_start)
+        keep = max(0, self.next_row - self.left)
+        drop = max(0, (keep - keep % self.align) * HOP - self.audio_start)
         self.audio = self.audio[drop:]
         self.audio_start += drop
         return rows
@@ -183,8 +260,7 @@ class StreamFeatures:
             count = -(-self.samples // HOP)
             # the file path fits the audio to count·640 + right context, so the last rows see silence
             need = count * HOP + right_context_samples(self.asr) - self.samples
-            if need > 0:
-                self._append(self._rows.push(np.zeros(need, dtype=np.float32)))
+            self._append(self._rows.push(np.zeros(max(need, 0), dtype=np.float32), final=True))
             self.ended_at = count
         return self.ended_at
 

@@ -26,8 +26,11 @@ setup(
         "tensorboard>=2.14",  # per-epoch training metrics as event files in the run folder
     ],
     extras_require={
-        "test": ["pytest>=7", "ctranslate2>=4"],  # ctranslate2: the whisper CTranslate2 test
+        # test: the suite's own needs (ctranslate2 for the whisper CTranslate2 test, aiohttp for the server)
+        "test": ["pytest>=7", "ctranslate2>=4", "aiohttp>=3.9"],
         "whisper-ct2": ["ctranslate2>=4"],  # --asr_model whisper from faster-whisper/CTranslate2 folders
+        "serve": ["aiohttp>=3.9"],  # synctalk serve
     },
+    package_data={"synctalk.serve": ["static/*.html", "static/*.js", "static/*.css"]},
     entry_points={"console_scripts": ["synctalk=synctalk.cli:entry"]},
 )

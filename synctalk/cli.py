@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "the seed's flags: --train_syncnet → train-syncnet, otherwise train-unet"),
     "infer": ("synctalk.render", "render new speech into a lip-synced video of the person"),
     "eval": ("synctalk.evaluate", "render the held-out tail and score it against the real frames"),
+    "serve": ("synctalk.serve.command", "live avatars over a WebSocket, renders and jobs, with a browser page"),
 }
 
 

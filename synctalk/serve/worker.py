@@ -1,0 +1,207 @@
+"""One thread per device that draws every session's ready frames, batched across sessions.
+
+Sessions `submit` frame jobs as soon as a frame's audio window is complete; the worker takes the oldest
+job's avatar and up to `max_batch` waiting jobs of that avatar (from any session), runs the UNet once,
+pastes the mouths back and hands the frames to a small JPEG thread pool (cv2 releases the GIL), which
+gives each frame back to its session through the job's callback while the device runs the next batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class FrameJob:
+    """One frame to draw: which avatar frame, which audio rows, how much of the mouth is generated."""
+
+    avatar: Any
+    index: int
+    source: int
+    weight: float  # 1: generated mouth, 0: the real frame, between: cross-fade
+    rows: np.ndarray  # (window, *frame_shape) feature rows of the frame's audio window
+    done: Callable[["FrameJob", bytes], None]
+    failed: Callable[["FrameJob", BaseException], None]
+    quality: int = 80
+    owner: Any = None  # the session it belongs to (for the statistics)
+    max_side: int = 0  # scale the sent frame down so its longer side is at most this (0: as is)
+    max_lag: float = 0.0  # seconds: a frame taken later than this after t_ready shows the real mouth (0: off)
+    t_ready: float = field(default_factory=time.perf_counter)  # when its audio window was complete
+    t_drawn: float = 0.0
+
+
+def batch_bucket(n: int, max_batch: int) -> int:
+    """The network batch for n frames on a GPU: the next power of two (at most max_batch).
+
+    Every new input shape costs kernel selection, so batches are padded to a few sizes; padding
+    every batch to max_batch instead would spend most of the device on copies of one frame when
+    the streams are few.
+    """
+    b = 1
+    while b < n:
+        b *= 2
+    return max(n, min(b, max_batch))
+
+
+def warm_up(avatar: Any, max_batch: int) -> None:
+    """Run the network once at every bucket size so no stream pays for kernel selection (GPU only)."""
+    import torch
+
+    gen = avatar.generator
+    if gen.device.type != "cuda":
+        return
+    spec = gen.spec
+    b = 1
+    while True:
+        crops = np.repeat(avatar.crop(0)[None], b, axis=0)
+        feats = torch.zeros((b * spec.window, *spec.frame_shape), device=gen.device)
+        gen(crops, feats, [i * spec.window + spec.left for i in range(b)])
+        if b >= max_batch:
+            break
+        b = min(2 * b, max_batch)
+    torch.cuda.synchronize(gen.device)
+
+
+def encode_jpeg(frame: np.ndarray, quality: int, max_side: int = 0) -> bytes:
+    """BGR uint8 → JPEG bytes (scaled down first so the longer side is at most `max_side`, when given)."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    if max_side and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        frame = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", frame, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+class BatchWorker:
+    """The device's one drawing thread; `submit` from any thread, callbacks run on the worker thread."""
+
+    def __init__(self, max_batch: int = 16, encoders: int = 0) -> None:
+        self.max_batch = max(1, int(max_batch))
+        self._jobs: list[FrameJob] = []
+        self._cond = threading.Condition()
+        self._stop = False
+        from ..device import usable_cpus
+
+        # JPEG encoding is the CPU's share of every frame: half the cores, at most 8 (0 = that default)
+        encoders = encoders or min(8, max(2, usable_cpus() // 2))
+        self._pool = ThreadPoolExecutor(encoders, thread_name_prefix="synctalk-jpeg")
+        self.batches = 0
+        self.frames = 0
+        self.shared_batches = 0  # batches that held frames of more than one stream
+        self.shed = 0  # frames sent with the real mouth because they were already too late
+        # the GPU path (bucketed batches, paste-back with torch on the device): None = when on CUDA
+        self.gpu_path: bool | None = None
+        self._thread = threading.Thread(target=self._run, name="synctalk-serve-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, jobs: list[FrameJob]) -> None:
+        """Queue frames (in the order they must be drawn within their session)."""
+        if not jobs:
+            return
+        with self._cond:
+            self._jobs.extend(jobs)
+            self._cond.notify()
+
+    def pending(self) -> int:
+        """Jobs waiting for the worker."""
+        with self._cond:
+            return len(self._jobs)
+
+    def close(self) -> None:
+        """Stop the thread after the batch in hand."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+        self._pool.shutdown(wait=False)
+
+    def _take(self) -> list[FrameJob] | None:
+        with self._cond:
+            while not self._jobs and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                return None
+            avatar = self._jobs[0].avatar
+            batch, rest = [], []
+            for j in self._jobs:
+                (batch if j.avatar is avatar and len(batch) < self.max_batch else rest).append(j)
+            self._jobs = rest
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                frames = self.draw(batch)
+            except BaseException as exc:  # handed to each session; the worker keeps serving the others
+                for j in batch:
+                    j.failed(j, exc)
+                continue
+            self.batches += 1
+            self.frames += len(batch)
+            self.shared_batches += len({id(j.owner) for j in batch}) > 1
+            # encoding overlaps the next batch on the device; sessions put frames back in order
+            for j, f in zip(batch, frames):
+                self._pool.submit(self._encode, j, f)
+
+    @staticmethod
+    def _encode(job: FrameJob, frame: np.ndarray) -> None:
+        try:
+            jpeg = encode_jpeg(frame, job.quality, job.max_side)
+        except BaseException as exc:
+            job.failed(job, exc)
+            return
+        job.done(job, jpeg)
+
+    def draw(self, batch: list[FrameJob]) -> list[np.ndarray]:
+        """Frames of one avatar (BGR, in job order): the UNet on the generated ones, then paste-back."""
+        import torch
+
+        from ..render import crops_to_uint8, paste_back, paste_back_torch
+
+        avatar = batch[0].avatar
+        gen = avatar.generator
+        spec = gen.spec
+        frames = [avatar.frame(j.source).copy() for j in batch]
+        now = time.perf_counter()
+        # a device that has fallen behind a live stream sheds work instead of falling further behind
+        late = [j.max_lag > 0 and now - j.t_ready > j.max_lag for j in batch]
+        self.shed += sum(late)
+        todo = [i for i, j in enumerate(batch) if j.weight > 0 and not late[i]]
+        if todo:
+            crops = np.stack([avatar.crop(batch[i].source) for i in todo])
+            # each job's window laid end to end: row i·window + left is job i's frame, so the
+            # registry's window gather picks exactly each job's own rows
+            rows = np.concatenate([batch[i].rows for i in todo])
+            feats = torch.from_numpy(rows).to(gen.device)
+            idx = [i * spec.window + spec.left for i in range(len(todo))]
+            gpu = self.gpu_path if self.gpu_path is not None else gen.device.type == "cuda"
+            if gpu:
+                fill = batch_bucket(len(todo), self.max_batch) - len(todo)
+                crops = np.concatenate([crops, np.repeat(crops[-1:], fill, axis=0)])
+                idx = idx + [idx[-1]] * fill
+            generated = gen(crops, feats, idx)[:len(todo)]
+            sel = [frames[i] for i in todo]
+            boxes = [avatar.boxes[batch[i].source] for i in todo]
+            weights = [float(batch[i].weight) for i in todo]
+            if gpu:
+                paste_back_torch(sel, generated, boxes, weights)
+            else:
+                for f, c, b, w in zip(sel, crops_to_uint8(generated), boxes, weights):
+                    paste_back(f, c, b, w)
+        now = time.perf_counter()
+        for j in batch:
+            j.t_drawn = now
+        return frames

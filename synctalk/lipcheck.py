@@ -23,6 +23,14 @@ A/V offset: `estimate_av_offset` searches ±`MAX_OFFSET` frames and refines the 
 of a frame. Its sign: a positive offset N means the lips move N frames AFTER the sound (the video
 lags its audio; the opening at frame t follows the loudness at t - N). Preprocessing stores it as
 `state["preprocessing"]["av_offset"] = {"frames": N, "source": "lips", "corr": r, "subframe": x}`.
+
+The offset of a long recording need not be one number: a video joined from clips whose audio and
+video tracks differ by a few milliseconds each drifts (grid_s1_5min.mp4: from 1 frame at the start to
+5 at the end, about 0.9 frames a minute). `estimate_av_drift` measures the offset in overlapping
+20 s windows and fits a line through them; when the line moves by at least a frame over the clip,
+the stored offset also holds `start_frames` (the fitted offset at frame 0) and `drift_per_minute`, and
+`per_frame_offsets` turns it into one whole offset per frame for training. A constant offset is
+the same with a drift of 0.
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ DETREND_FRAMES = 25  # drift slower than a second is not lip motion
 SPEECH_MARGIN_FRAMES = 4  # frames around the speech that still count (the lips open before the sound)
 MIN_OFFSET_FRAMES = 50  # fewer speech frames than this give no offset
 MIN_FRAMES = 100  # 4 s at 25 fps: on shorter clips a few syllables decide both numbers, so no verdict
+DRIFT_WINDOW_FRAMES = 500  # 20 s: long enough for a stable peak, short enough to follow a drift
+DRIFT_STEP_FRAMES = 125
+MIN_DRIFT_FRAMES = 1.0  # a fitted line that moves less than this over the clip is a constant offset
 MIN_APERTURE_CV = 0.2
 MIN_AUDIO_CORR = 0.1
 
@@ -111,6 +122,49 @@ def estimate_av_offset(apertures: np.ndarray, loudness: np.ndarray, speech: np.n
             "corr": round(float(peak["corr"]), 4)}
 
 
+def estimate_av_drift(apertures: np.ndarray, loudness: np.ndarray, speech: np.ndarray | None = None,
+                      fps: float = 25.0, window: int = DRIFT_WINDOW_FRAMES,
+                      step: int = DRIFT_STEP_FRAMES) -> dict[str, Any] | None:
+    """A line through the A/V offsets of overlapping windows: {"start_frames", "drift_per_minute",
+    "windows"}, or None when the clip is shorter than two windows or the line moves by less than
+    MIN_DRIFT_FRAMES over the clip. Each window's offset is weighted by its peak correlation."""
+    n = min(len(apertures), len(loudness))
+    if n < window + step:
+        return None
+    centres, lags, weights = [], [], []
+    for s in range(0, n - window + 1, step):
+        sl = slice(s, s + window)
+        found = estimate_av_offset(apertures[sl], loudness[sl], None if speech is None else speech[sl])
+        # a peak at the end of the search range is a window the search could not place
+        if found is not None and found["corr"] > 0 and abs(found["subframe"]) < MAX_OFFSET - 0.5:
+            centres.append(s + window / 2)
+            lags.append(found["subframe"])
+            weights.append(found["corr"])
+    if len(lags) < 3:
+        return None
+    t, y, w = np.asarray(centres), np.asarray(lags), np.asarray(weights)
+    slope, start = np.polyfit(t, y, 1, w=w)
+    # one refit without the windows more than 1.5 frames off the first line (a sentence whose
+    # rhythm fooled the correlation), when enough remain
+    keep = np.abs(y - (start + slope * t)) <= 1.5
+    if keep.sum() >= 3 and not keep.all():
+        slope, start = np.polyfit(t[keep], y[keep], 1, w=w[keep])
+    if abs(slope) * n < MIN_DRIFT_FRAMES:
+        return None
+    return {"start_frames": round(float(start), 3), "drift_per_minute": round(float(slope) * fps * 60, 4),
+            "windows": len(lags)}
+
+
+def per_frame_offsets(stored: dict[str, Any] | None, count: int, fps: float = 25.0) -> np.ndarray:
+    """(count,) whole A/V offsets, one per frame, from a stored `av_offset` (zeros when None)."""
+    if not stored:
+        return np.zeros(count, np.int64)
+    if stored.get("drift_per_minute") is not None and stored.get("start_frames") is not None:
+        t = np.arange(count, dtype=np.float64)
+        return np.rint(float(stored["start_frames"]) + float(stored["drift_per_minute"]) / (fps * 60) * t).astype(np.int64)
+    return np.full(count, int(stored.get("frames") or 0), np.int64)
+
+
 def lip_activity(apertures: np.ndarray, loudness: np.ndarray) -> dict[str, Any]:
     """The two numbers and a verdict: ok (True), why a SyncNet cannot learn sync from this video
     (False, with `problems`), or None for a clip shorter than MIN_FRAMES."""
@@ -153,6 +207,12 @@ def check_signals(apertures: np.ndarray, audio: np.ndarray, fps: float,
     result = lip_activity(apertures, loudness)
     speech = voice_activity(audio, len(apertures), sample_rate, int(round(fps)))
     offset = estimate_av_offset(apertures, loudness, speech)
+    if offset is not None:
+        drift = estimate_av_drift(apertures, loudness, speech, fps)
+        if drift is not None:
+            # the summary number is the fitted offset at the middle of the clip
+            offset["frames"] = int(round(drift["start_frames"] + drift["drift_per_minute"] / (fps * 60) * len(apertures) / 2))
+            offset.update(drift)
     result["av_offset"] = None if offset is None else {"source": "lips", **offset}
     return result
 

@@ -111,3 +111,24 @@ def test_check_signals_reports_the_offset_of_a_clip_whose_mouth_is_known(tmp_pat
     r = lipcheck.check_dataset(syn.layout, syn.frames, 25)
     assert r["av_offset"]["frames"] == 0 and r["av_offset"]["source"] == "lips" and r["av_offset"]["corr"] > 0.8
     assert abs(r["av_offset"]["subframe"]) < 0.3 and r["audio_lag_frames"] == 0
+
+
+def test_a_drifting_av_offset_is_measured_as_a_line_through_windows() -> None:
+    """Lips that follow a loudness envelope 1 frame late at the start and 4 frames late after three minutes."""
+    from synctalk.lipcheck import estimate_av_drift, per_frame_offsets
+
+    rng = np.random.default_rng(3)
+    n = 4500
+    loud = np.convolve(rng.standard_normal(n + 40), np.ones(5) / 5, mode="same")[20:20 + n]
+    lag = 1.0 + 3.0 * np.arange(n) / n  # frames, growing with time
+    t = np.arange(n) - lag
+    apert = np.interp(t, np.arange(n), loud) + 0.05 * rng.standard_normal(n)
+    drift = estimate_av_drift(apert, loud, None, fps=25)
+    assert drift is not None
+    assert abs(drift["start_frames"] - 1.0) < 0.5 and abs(drift["drift_per_minute"] - 1.0) < 0.25
+    per = per_frame_offsets({"frames": 2, **drift}, n)
+    assert per[0] == 1 and per[-1] == 4
+    assert (per_frame_offsets({"frames": 2}, 5) == 2).all() and (per_frame_offsets(None, 3) == 0).all()
+    # a steady offset is no drift
+    steady = np.interp(np.arange(n) - 2.0, np.arange(n), loud) + 0.05 * rng.standard_normal(n)
+    assert estimate_av_drift(steady, loud, None, fps=25) is None

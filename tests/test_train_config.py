@@ -180,3 +180,29 @@ def test_perceptual_auto_says_why_it_trains_without_vgg19(tmp_path: Path, capsys
     with pytest.raises(SyncTalkError, match="vgg19"):
         choose_perceptual("vgg19", str(tmp_path), Distributed())
     assert choose_perceptual("none", None, Distributed()) == ("none", None)
+
+
+def test_a_drifting_av_offset_gives_each_frame_its_own_audio_row(tmp_path: Path) -> None:
+    from synctalk.data import FrameData
+    from synctalk.layout import dataset_layout
+    from synctalk.state import PREPROCESSING, TrainingState
+    from synctalk.training.loop import resolve_av_offset
+
+    n = 3000  # two minutes at 25 fps
+    crops = torch.zeros(n, 320, 320, 3, dtype=torch.uint8)
+    feats = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], 4, axis=1).repeat(80, axis=2)
+    plain = FrameData(crops[:10], feats[:10], "mel")
+    layout = dataset_layout(tmp_path, "ann")
+    layout.root.mkdir(parents=True)
+    # 1 frame at the start, 2 frames a minute more: 5 at the end of the second minute
+    TrainingState(layout.state_file).update(PREPROCESSING, frame_count=n, av_offset={
+        "frames": 3, "source": "lips", "start_frames": 1.0, "drift_per_minute": 2.0})
+    per_frame, where = resolve_av_offset("auto", layout)
+    assert per_frame.shape == (n,) and per_frame[0] == 1 and per_frame[-1] == 5 and "drifting" in where
+    data = FrameData(crops, feats, "mel", av_offset=per_frame)
+    assert data.av_offset == 3  # the summary number recorded in config.json
+    rows = data.audio(torch.tensor([100, n - 1]))[:, 0, 0, 32]  # the window's centre step holds its row number
+    assert rows.tolist() == [100 - 1, n - 1 - 5]
+    assert plain.audio(torch.tensor([5]))[0, 0, 0, 32] == 5
+    # an explicit number still wins over the stored drift
+    assert resolve_av_offset("2", layout)[0] == 2

@@ -53,7 +53,8 @@ class FrameData:
     """
 
     def __init__(self, crops: Any, features: Any, asr: str, device: Any = "cpu",
-                 on_device: "bool | str" = "auto", channels_last: bool = False, av_offset: int = 0):
+                 on_device: "bool | str" = "auto", channels_last: bool = False,
+                 av_offset: "int | Sequence[int] | np.ndarray" = 0):
         import torch
 
         from ..audio.registry import get_spec
@@ -62,8 +63,13 @@ class FrameData:
         self.asr = asr
         self.device = torch.device(device)
         self.channels_last = channels_last
-        # the video's audio/lip offset in frames (lips N frames after the sound): frame i hears window i - N
-        self.av_offset = int(av_offset)
+        # the video's audio/lip offset in frames (lips N frames after the sound): frame i hears window
+        # i - N; one N for the video, or one per frame for a video whose offset drifts
+        per_frame = np.asarray(av_offset, dtype=np.int64).reshape(-1)
+        self.av_offset = int(np.median(per_frame)) if per_frame.size else 0  # the summary number
+        self._per_frame_offset = per_frame if per_frame.size > 1 and (per_frame != per_frame[0]).any() else None
+        if per_frame.size == 1:
+            self.av_offset = int(per_frame[0])
         n_crops = int(crops.shape[0])
         n_feats = int(features.shape[0])
         self.n = min(n_crops, n_feats)
@@ -77,6 +83,12 @@ class FrameData:
             raise SyncTalkError(f"crops must be {CROP_SIZE} or {INNER} pixels square, got {tuple(crops.shape)}")
         feats = torch.as_tensor(np.asarray(features[: self.n], dtype=np.float32))
         self.features = feats.to(self.device)
+        self._audio_rows = None  # with per-frame offsets: the audio row each frame hears
+        if self._per_frame_offset is not None:
+            off = self._per_frame_offset[: self.n]
+            off = np.concatenate([off, np.full(self.n - len(off), off[-1])])  # a short list holds its last value
+            rows = np.clip(np.arange(self.n) - off, 0, self.n - 1)
+            self._audio_rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         if on_device == "auto":
             on_device = self.device.type != "cpu" and _fits_on_device(self.n * INNER * INNER * 3, self.device)
         # a tensor is already in memory: keep it (on the device) rather than index it like a memmap
@@ -153,7 +165,9 @@ class FrameData:
         the video), so the lips of frame i learn from the sound that made them.
         """
         idx = idx.to(self.features.device)
-        if self.av_offset:
+        if self._audio_rows is not None:
+            idx = self._audio_rows[idx]
+        elif self.av_offset:
             idx = (idx - self.av_offset).clamp(0, self.n - 1)
         return self.spec.batch_windows(self.features, idx)
 
@@ -197,7 +211,8 @@ def _fits_on_device(nbytes: int, device: Any) -> bool:
 
 
 def load_frame_data(layout: DatasetLayout, asr: str, device: Any = "cpu", on_device: "bool | str" = "auto",
-                    channels_last: bool = False, progress: bool = True, av_offset: int = 0) -> FrameData:
+                    channels_last: bool = False, progress: bool = True,
+                    av_offset: "int | np.ndarray" = 0) -> FrameData:
     """FrameData of a preprocessed dataset (building the crop cache when needed)."""
     feats = load_features(layout, asr)
     crops = load_crop_cache(layout, progress=progress)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -78,8 +79,9 @@ def resolve_speed(cfg: RunConfig, device: torch.device, world_size: int, *, gpu_
                  cache_on_device={"auto": "auto", "yes": True, "no": False}[cfg.cache_on_device])
 
 
-def resolve_av_offset(value: str | int | None, layout: DatasetLayout) -> tuple[int, str]:
-    """(frames, where from): an explicit N, or "auto" = the offset preprocessing stored (0 when none).
+def resolve_av_offset(value: str | int | None, layout: DatasetLayout) -> tuple[int | np.ndarray, str]:
+    """(frames, where from): an explicit N, or "auto" = the offset preprocessing stored (0 when none);
+    for a video whose offset drifts (lipcheck.estimate_av_drift), "auto" gives one offset per frame.
 
     Positive N: the lips move N frames after the sound, so frame i learns from audio window i - N.
     """
@@ -92,7 +94,15 @@ def resolve_av_offset(value: str | int | None, layout: DatasetLayout) -> tuple[i
     sec = TrainingState(layout.state_file).section(PREPROCESSING) if layout.state_file.exists() else {}
     stored = sec.get("av_offset") if isinstance(sec, dict) else None
     if isinstance(stored, dict) and isinstance(stored.get("frames"), int):
-        return int(stored["frames"]), f"measured at preprocessing ({stored.get('source', 'unknown')})"
+        where = f"measured at preprocessing ({stored.get('source', 'unknown')})"
+        if stored.get("drift_per_minute") is not None and sec.get("frame_count"):
+            from ..lipcheck import per_frame_offsets
+
+            per_frame = per_frame_offsets(stored, int(sec["frame_count"]))
+            if (per_frame != per_frame[0]).any():
+                return per_frame, (f"{where}, drifting {stored['drift_per_minute']:+.2f} frames a minute: "
+                                   f"{int(per_frame[0])} at the start, {int(per_frame[-1])} at the end")
+        return int(stored["frames"]), where
     return 0, "none measured"
 
 
@@ -407,7 +417,10 @@ def run_training(task_cls: type[Task], cfg: RunConfig, dist: Distributed) -> Tra
     # what fixes the network and its data is recorded as resolved, so a resumed run rebuilds the same
     options.update({k: v for k, v in task.network_config().items() if k in frozen_keys(type(cfg))})
     run_config = {"kind": task_cls.kind, "options": options, "resolved": dataclasses.asdict(speed),
-                  "av_offset": {"frames": av_offset, "source": av_source}, "frames": len(task.data),
+                  "av_offset": {"frames": task.data.av_offset, "source": av_source,
+                                **({"per_frame": [int(av_offset[0]), int(av_offset[-1])]}
+                                   if isinstance(av_offset, np.ndarray) else {})},
+                  "frames": len(task.data),
                   "world_size": dist.world_size}
     best_metrics: dict[str, Any] = dict(resume.get("best") or {}) if resume else {}
     if resume is not None:
@@ -417,7 +430,7 @@ def run_training(task_cls: type[Task], cfg: RunConfig, dist: Distributed) -> Tra
              f"width {cfg.width}, {task.describe()}batch {speed.batch_size}{procs}, lr {speed.lr:g}, {device} "
              f"({speed.amp}{', channels_last' if speed.channels_last else ''}"
              f"{', CUDA graphs' if speed.cuda_graphs else ', compiled' if speed.compile else ''}), "
-             f"A/V offset {av_offset} ({av_source}), epochs {start}→{cfg.epochs} → {run_dir}")
+             f"A/V offset {task.data.av_offset} ({av_source}), epochs {start}→{cfg.epochs} → {run_dir}")
     if dist.is_main:
         write_run_config(run_dir, run_config)
         state.update(task_cls.section, completed=False, target_epochs=cfg.epochs, epochs=start, asr=asr,

@@ -193,7 +193,7 @@ class SyncNetTask(Task):
 
     @classmethod
     def build(cls, cfg: SyncNetConfig, layout: DatasetLayout, state: TrainingState, *, asr: str, device: torch.device,
-              speed: Speed, dist: Distributed, resume: dict[str, Any] | None, av_offset: int = 0) -> "SyncNetTask":
+              speed: Speed, dist: Distributed, resume: dict[str, Any] | None, av_offset: "int | np.ndarray" = 0) -> "SyncNetTask":
         """Data, network (a resumed run's own options) and optimizer of one SyncNet run."""
         options = network_options(resume.get("config") or {}) if resume is not None else {"width": cfg.width}
         for key in ("face_frames", "audio_context"):

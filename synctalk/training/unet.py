@@ -286,7 +286,7 @@ class UNetTask(Task):
 
     @classmethod
     def build(cls, cfg: UNetConfig, layout: DatasetLayout, state: TrainingState, *, asr: str, device: torch.device,
-              speed: Speed, dist: Distributed, resume: dict[str, Any] | None, av_offset: int = 0) -> "UNetTask":
+              speed: Speed, dist: Distributed, resume: dict[str, Any] | None, av_offset: "int | np.ndarray" = 0) -> "UNetTask":
         """Critic and perceptual loss first (what can fail on a missing file fails before the crop cache),
         then data, network and optimizer."""
         rcfg = (resume or {}).get("config") or {}

@@ -113,7 +113,10 @@ class SyncNetConfig(RunConfig):
                                   "audio features must match) instead of training one")
     pairs_per_epoch: int | None = opt(None, "pairs drawn per epoch at least (short videos repeat frames; auto: 8192 "
                                             "on a GPU, 1024 on the CPU)", type=int)
-    hard_negatives: float = opt(0.5, "share of negatives whose audio is 2-15 frames from the face")
+    objective: str = opt("contrast", "contrast: each face picks its own audio among the 15 frames around it "
+                                     "(plus BCE on far pairs); pairs: balanced in-sync/off-sync pairs, BCE only",
+                         choices=("contrast", "pairs"))
+    hard_negatives: float = opt(0.5, "pairs objective: share of negatives whose audio is 2-15 frames from the face")
     face_frames: int | None = opt(None, "consecutive face crops it sees, odd (default 1)", type=int, frozen=True)
     audio_context: int | None = opt(None, "log-mel only: 10 ms steps of sound around the frame it hears (0: the "
                                           "whole window)", type=int, frozen=True)

@@ -27,6 +27,7 @@ from unet_328 import SyncNet
 
 from ..data import (FrameData, SyncNetAugment, add_hard_negatives, far_indices, load_frame_data, split_indices,
                     syncnet_pairs)
+from ..errors import SyncTalkError
 from ..layout import DatasetLayout
 from ..state import PREPROCESSING, SYNCNET, TrainingState
 from .checkpoint import check_asr, load_checkpoint, unwrap
@@ -62,6 +63,43 @@ def syncnet_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
     scaler.update()
     correct = ((logits > 0).float() == labels).sum()
     return loss.detach(), correct.detach()
+
+
+CHUNK = 16  # contrast objective: consecutive frames whose audio windows compete for each face
+
+
+def contrast_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  faces: torch.Tensor, audio: torch.Tensor, chunk: int, device: torch.device, amp: str,
+                  graphs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the offset-contrast objective; returns (loss, share of faces that pick their own audio).
+
+    The batch is runs of `chunk` consecutive frames. Within a run every face scores every audio
+    window (cross-entropy both ways, the own window as the target), so the negatives are the same
+    moment a few frames off, the thing the critic must tell apart; a BCE term on far pairs (the audio
+    of the next run) keeps the logit's sign meaningful for the UNet's sync loss.
+    """
+    begin_step(graphs)
+    with autocast(device, amp):
+        audio_emb, face_emb = model(faces, audio)
+    raw = _raw(model)
+    a, f = audio_emb.float(), face_emb.float()
+    runs = a.shape[0] // chunk
+    a3, f3 = a.reshape(runs, chunk, -1), f.reshape(runs, chunk, -1)
+    sim = torch.einsum("rid,rjd->rij", f3, a3) * raw.logit_scale  # face i against audio j of its run
+    target = torch.arange(chunk, device=sim.device).repeat(runs)
+    nce = 0.5 * (F.cross_entropy(sim.reshape(-1, chunk), target)
+                 + F.cross_entropy(sim.transpose(1, 2).reshape(-1, chunk), target))
+    pos = raw.logits(a, f)
+    neg = raw.logits(a3.roll(1, dims=0).reshape(a.shape), f)
+    bce = F.binary_cross_entropy_with_logits(torch.cat([pos, neg]).float(),
+                                             torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]).float())
+    loss = nce + bce
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    picked = (sim.reshape(-1, chunk).argmax(dim=1) == target).float().mean()
+    return loss.detach(), picked.detach()
 
 
 def _raw(model: torch.nn.Module) -> torch.nn.Module:
@@ -184,8 +222,16 @@ class SyncNetTask(Task):
     gpu_batch, cpu_batch, base_batch = 128, 16, BASE_BATCH
 
     def __init__(self, model: torch.nn.Module, data: FrameData, train_idx: Any, val_idx: Any, *,
-                 pairs_per_epoch: int = 0, hard_negatives: float = 0.5, augment: bool = False, **kw: Any):
+                 pairs_per_epoch: int = 0, hard_negatives: float = 0.5, augment: bool = False,
+                 objective: str = "pairs", **kw: Any):
         super().__init__(model, data, train_idx, val_idx, **kw)
+        self.objective = objective
+        # the contrast objective needs whole runs of CHUNK frames in a batch
+        # (at least two runs a batch: the far negatives of the BCE term come from the other run)
+        self.chunk = max(2, min(CHUNK, self.speed.batch_size // 2, len(self.pool) // 2))
+        if objective == "contrast" and self.speed.batch_size % self.chunk:
+            raise SyncTalkError(f"the contrast objective takes batches of whole runs of {self.chunk} frames: "
+                                f"use a --batchsize that is a multiple of {self.chunk}")
         self.pairs_per_epoch = pairs_per_epoch
         self.hard_negatives = hard_negatives
         self.aug = SyncNetAugment() if augment else None
@@ -213,7 +259,8 @@ class SyncNetTask(Task):
         if pairs is None:
             pairs = PAIRS_PER_EPOCH["cuda" if device.type == "cuda" else "cpu"]
         return cls(SyncNet(asr, **options), data, train_idx, val_idx, pairs_per_epoch=pairs,
-                   hard_negatives=cfg.hard_negatives, augment=cfg.augment, device=device, speed=speed, dist=dist,
+                   hard_negatives=cfg.hard_negatives, augment=cfg.augment, objective=cfg.objective,
+                   device=device, speed=speed, dist=dist,
                    seed=cfg.seed, sync_bn=cfg.sync_bn, resume=resume,
                    run_numbers={"epochs": cfg.epochs, "val_fraction": cfg.val_fraction})
 
@@ -252,18 +299,40 @@ class SyncNetTask(Task):
                                                                                   self.data.spec.layout)
             yield (faces, audio, labels[sl]), sl.stop - sl.start
 
+    def _draw_runs(self, pool: torch.Tensor, frames: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """Runs of `chunk` consecutive training frames (about `frames` in all), as face = audio index pairs."""
+        lo, hi = int(pool.min()), int(pool.max())
+        runs = max(1, math.ceil(frames / self.chunk))
+        runs += (-runs) % max(self.speed.batch_size * self.dist.world_size // self.chunk, 1)  # whole batches a rank
+        starts = torch.randint(lo, max(hi - self.chunk + 2, lo + 1), (runs,), generator=generator)
+        idx = (starts[:, None] + torch.arange(self.chunk)[None, :]).clamp(max=hi).reshape(-1)
+        jitter = self.aug.sample(len(idx), generator) if self.aug is not None else torch.zeros(len(idx), 0)
+        # shard whole batches so every rank's runs stay whole
+        return [self.dist.shard(t).to(self.device) for t in (idx, idx, torch.ones(len(idx)), jitter)]
+
+    def _drawn(self, pairs: int, generator: torch.Generator) -> list[torch.Tensor]:
+        if self.objective == "contrast":
+            return self._draw_runs(self.pool, pairs, generator)
+        return self._draw(self.pool, pairs, generator)
+
     def epoch_batches(self, epoch: int, start_step: int = 0) -> tuple[int, Iterator[tuple[Any, int]]]:
-        """Every training frame at least once (more for short videos), half of them off sync."""
-        drawn = self._draw(self.pool, self.pairs_per_epoch, self.generator)
+        """Every training frame at least once (more for short videos): as pairs, half of them off sync,
+        or as runs of consecutive frames for the contrast objective."""
+        drawn = self._drawn(self.pairs_per_epoch, self.generator)
         return len(drawn[0]), self._batches(*drawn, start_step=start_step)
 
     def random_batches(self, steps: int, generator: torch.Generator) -> Iterator[tuple[Any, int]]:
-        """`steps` batches of pairs drawn as an epoch draws them."""
-        return self._batches(*self._draw(self.pool, steps * self.speed.batch_size, generator))
+        """`steps` batches drawn as an epoch draws them."""
+        return self._batches(*self._drawn(steps * self.speed.batch_size, generator))
 
     def step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """One optimisation step: [loss, accuracy] of the batch."""
+        """One optimisation step: [loss, accuracy] of the batch (contrast: the share of faces that
+        pick their own audio window among their run's)."""
         faces, audio, labels = batch
+        if self.objective == "contrast":
+            loss, picked = contrast_step(self.step_model, self.optimizer, self.scaler, faces, audio, self.chunk,
+                                         self.device, self.amp, self.graphs)
+            return torch.stack([loss, picked])
         loss, correct = syncnet_step(self.step_model, self.optimizer, self.scaler, faces, audio, labels, self.device,
                                      self.amp, self.graphs)
         return torch.stack([loss, correct / len(labels)])
@@ -286,6 +355,8 @@ class SyncNetTask(Task):
 
     def describe(self) -> str:
         """Frames per face stack and pairs per epoch."""
+        if self.objective == "contrast":
+            return f"{self.frames} frame(s), contrast over runs of {self.chunk}, ≥{self.pairs_per_epoch} frames/epoch, "
         return f"{self.frames} frame(s), ≥{self.pairs_per_epoch} pairs/epoch, "
 
 

@@ -77,7 +77,7 @@ class Server:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.pool = AvatarPool(cfg.dataset_dir, cfg.checkpoint_dir, self.device, bf16=cfg.bf16,
-                               max_batch=cfg.max_batch)
+                               max_batch=cfg.max_batch, models_dir=cfg.models_dir)
         self.worker = BatchWorker(cfg.max_batch)
         self.jobs = JobRunner(Path(cfg.work_dir) / "jobs", cfg.dataset_dir, cfg.checkpoint_dir, str(self.device))
         self.uploads = Path(cfg.work_dir) / "uploads"
@@ -482,7 +482,11 @@ async def _stream(request: Any, server: Server) -> Any:
                 elif kind == "end":
                     if session is None:
                         raise SyncTalkError("nothing to end: the stream has not started")
-                    session.end_utterance()
+                    if session.avatar.asr == "mel":
+                        session.end_utterance()
+                    else:  # the last rows run the encoder too
+                        await loop.run_in_executor(None, session.end_utterance)
+                    session.wake.set()
                 else:
                     raise SyncTalkError(f"unknown message type {kind!r} (start, end)")
             elif msg.type == WSMsgType.ERROR:

@@ -88,7 +88,8 @@ class AvatarPool:
     """Avatars loaded on first use and kept on the device until the server stops."""
 
     def __init__(self, dataset_dir: Path, checkpoint_dir: Path, device: Any, *, bf16: bool = False,
-                 max_batch: int = 16) -> None:
+                 max_batch: int = 16, models_dir: Path | None = None) -> None:
+        self.models_dir = models_dir
         self.dataset_dir = Path(dataset_dir)
         self.checkpoint_dir = Path(checkpoint_dir)
         self.device = device
@@ -106,6 +107,10 @@ class AvatarPool:
             if name not in self._avatars:
                 avatar = Avatar(name, self.dataset_dir, self.checkpoint_dir, self.device, bf16=self.bf16)
                 warm_up(avatar, self.max_batch)
+                if avatar.asr != "mel":  # its audio encoder too, before a stream needs it
+                    from .features import loaded_encoder
+
+                    loaded_encoder(avatar.asr, self.models_dir, self.device)
                 self._avatars[name] = avatar
             return self._avatars[name]
 

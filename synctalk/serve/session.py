@@ -155,8 +155,7 @@ class StreamSession:
         count = self.features.end()
         self._submit(time.perf_counter())
         self._ends.append(self.offset + count)
-        self._new_utterance(self.offset + count)
-        self.wake.set()
+        self._new_utterance(self.offset + count)  # the caller wakes the sender (on the loop's thread)
 
     def _submit(self, t_ready: float) -> None:
         ready = self.offset + self.features.ready_frames()

@@ -131,6 +131,10 @@ class BatchWorker:
                 self._cond.wait()
             if self._stop:
                 return None
+            # a viewer who has gone needs no more frames
+            self._jobs = [j for j in self._jobs if not getattr(j.owner, "closed", False)]
+            if not self._jobs:
+                return []
             avatar = self._jobs[0].avatar
             batch, rest = [], []
             for j in self._jobs:
@@ -143,6 +147,8 @@ class BatchWorker:
             batch = self._take()
             if batch is None:
                 return
+            if not batch:
+                continue
             try:
                 frames = self.draw(batch)
             except BaseException as exc:  # handed to each session; the worker keeps serving the others

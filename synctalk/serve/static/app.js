@@ -205,7 +205,8 @@ class Live {
     const v = new DataView(m.data);
     const kind = v.getUint8(4), index = v.getInt32(12, true);
     const blob = new Blob([new Uint8Array(m.data, HEADER)], { type: 'image/jpeg' });
-    createImageBitmap(blob).then((bmp) => {
+    // decodes may finish out of order: chain them, so frames are handled in the order they came
+    this.decoding = (this.decoding || Promise.resolve()).then(() => createImageBitmap(blob)).then((bmp) => {
       if (kind === 1) {
         stats.speech += 1; stats.lastIndex = index;
         if (this.mode === 'file' && this.t0 != null) {
@@ -218,7 +219,7 @@ class Live {
         stats.idle += 1;
         if (!this.queue.length && !this.speaking()) this.draw(bmp);
       }
-    });
+    }).catch((e) => { stats.errors.push(`frame decode: ${e.message}`); });
   }
 
   speaking() { return this.t0 != null && this.ctx.currentTime < this.t0 + this.duration; }

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from unet_328 import build_unet
+from unet_328.discriminator import AUTO_WIDTH
 
 from ..constants import CROP_SIZE, INNER
 from ..data import (DEFAULT_MASK, Batch, FrameData, frame_groups, load_frame_data, parse_mask, reference_indices,
@@ -302,7 +303,7 @@ class UNetTask(Task):
         unet = build_unet(asr, cfg.width)  # before the critic: the UNet's initial weights stay those of an L1 run
         adversary = build_adversary(
             weight=cfg.adversarial_weight, start_epoch=cfg.adversarial_start_epoch, lr=cfg.disc_lr,
-            width=cfg.width if cfg.disc_width == "auto" else cfg.disc_width,
+            width=AUTO_WIDTH.get(cfg.width or "full", "mobile") if cfg.disc_width == "auto" else cfg.disc_width,
             box=parse_mask(cfg.disc_box) if cfg.disc_box else None, device=device, amp=speed.amp,
             channels_last=speed.channels_last, dist=dist, resume=resume, seed=cfg.seed)
         task = cls(unet, data, train_idx, val_idx, perceptual=perceptual, syncnet=syncnet,
@@ -394,7 +395,7 @@ class UNetTask(Task):
         if adv is None:
             return {"adversarial_weight": 0.0}
         return {"adversarial_weight": adv.weight, "adversarial_start_epoch": adv.start_epoch, "disc_lr": adv.lr,
-                "disc_box": list(adv.model.box)}
+                "disc_box": list(adv.model.box), "disc_widths": list(adv.model.widths)}
 
     def describe(self) -> str:
         """The loss terms."""

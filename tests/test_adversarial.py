@@ -85,8 +85,8 @@ def test_the_generator_term_reaches_the_image_not_the_critic_and_runs_under_bf16
     assert pred.grad is not None and pred.grad.abs().sum() > 0
     assert all(p.grad is None for p in adv.model.parameters())
     assert all(p.requires_grad for p in adv.model.parameters())  # switched back on for its own step
-    d = adv.step(torch.rand(2, 3, 320, 320), pred)  # bf16 autocast, channels_last weights
-    assert torch.isfinite(d)
+    d = adv.step(torch.rand(2, 3, 320, 320), pred.to(torch.bfloat16))  # a bf16 prediction, channels_last weights
+    assert torch.isfinite(d) and all(p.grad is not None for p in adv.model.parameters())
 
 
 def test_weight_zero_builds_no_critic_and_a_run_without_it_writes_none(source, work, capsys) -> None:
@@ -118,6 +118,13 @@ def test_an_adversarial_run_checkpoints_its_critic_and_resumes_it_exactly(source
     assert ckpt["config"]["adversarial_weight"] == 0.05 and ckpt["config"]["disc_lr"] == 3e-4
     assert STATE_KEY not in load(run_dir / "checkpoint_best.pth")  # model-only files stay small
     assert STATE_KEY not in load(run_dir / "2.pth")
+
+    # the L1 warm-up is the L1 run itself: building the critic leaves the UNet's weights and batches alone
+    copy_dataset(source, work / "dataset", "bea")
+    assert train_unet(work, "bea", "--epochs", "1") == 0
+    plain = load(checkpoint_layout(work / "checkpoint", "bea").unet_dir / "1.pth")["model"]
+    warm = load(run_dir / "1.pth")["model"]
+    assert all(torch.equal(plain[k], warm[k]) for k in plain)
 
     # what a resume builds holds exactly the saved critic and its optimizer moments
     adv = build_adversary(weight=0.05, start_epoch=2, lr=3e-4, width="tiny", box=None, device=CPU, amp="none",

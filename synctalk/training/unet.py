@@ -90,12 +90,15 @@ def unet_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: 
         if adversary is not None:
             adv_g = adversary.generator_loss(pred)
             total = total + adversary.weight * adv_g
+            # the critic's copy of the prediction, taken before the backward: with CUDA graphs the
+            # graph's output memory belongs to the graph pool
+            fake = adversary.model.crop(pred.detach()).clone()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
     scaler.step(optimizer)
     scaler.update()
     if adversary is not None:  # the critic learns from the prediction the UNet made before its update
-        adv_d = adversary.step(batch.target, pred)
+        adv_d = adversary.step(batch.target, fake)
         parts = torch.cat([total.detach().float().reshape(1), parts[1:], adv_g.detach().reshape(1),
                            adv_d.float().reshape(1)])
     return parts

@@ -59,6 +59,18 @@ def test_the_critic_sees_only_its_mouth_box_and_gives_patch_logits() -> None:
     assert torch.equal(d(d.crop(x)), d(x))  # an already cut box is taken as it is
 
 
+def test_a_bad_disc_box_is_a_clear_error() -> None:
+    from synctalk.errors import SyncTalkError
+    from synctalk.training.unet import parse_disc_box
+
+    assert parse_disc_box("40,60,280,230") == (40, 60, 280, 230) and parse_disc_box(None) is None
+    for bad in ("1,2,3", "0,0,400,100"):
+        with pytest.raises(SyncTalkError, match="--disc_box"):
+            parse_disc_box(bad)
+    with pytest.raises(SyncTalkError, match="32 × 32"):
+        MouthDiscriminator("tiny", (0, 0, 20, 20))
+
+
 def test_the_critic_learns_to_tell_real_mouths_from_soft_dull_ones(source) -> None:
     """A toy where real and fake differ as an early L1 UNet's output does (blurred, a little dull): the
     critic's hinge loss, 2 while it cannot tell them apart, falls well below it."""

@@ -250,6 +250,16 @@ def choose_perceptual(choice: str, models_dir: str | None, dist: Distributed) ->
         return choice, load_perceptual_loss(choice, models_dir)
 
 
+def parse_disc_box(text: str | None) -> tuple[int, int, int, int] | None:
+    """--disc_box x0,y0,x1,y1 (the critic's mouth box in the 320 crop) → a checked tuple; None: the default."""
+    if not text:
+        return None
+    try:
+        return parse_mask(text)
+    except SyncTalkError as exc:
+        raise SyncTalkError(f"--disc_box: {str(exc).replace('mask', 'box', 1)}") from None
+
+
 # ---------------------------------------------------------------- the task
 
 
@@ -307,7 +317,7 @@ class UNetTask(Task):
         adversary = build_adversary(
             weight=cfg.adversarial_weight, start_epoch=cfg.adversarial_start_epoch, lr=cfg.disc_lr,
             width=AUTO_WIDTH.get(cfg.width or "full", "mobile") if cfg.disc_width == "auto" else cfg.disc_width,
-            box=parse_mask(cfg.disc_box) if cfg.disc_box else None, device=device, amp=speed.amp,
+            box=parse_disc_box(cfg.disc_box), device=device, amp=speed.amp,
             channels_last=speed.channels_last, dist=dist, resume=resume, seed=cfg.seed)
         task = cls(unet, data, train_idx, val_idx, perceptual=perceptual, syncnet=syncnet,
                    l1_weight=cfg.l1_weight, perceptual_weight=cfg.perceptual_weight, sync_weight=cfg.sync_weight,

@@ -167,6 +167,22 @@ def test_a_checkpoint_without_a_critic_starts_a_fresh_one_with_a_note(source, wo
     assert STATE_KEY in load(checkpoint_layout(work / "checkpoint", "lea").unet_dir / "checkpoint_latest.pth")
 
 
+def test_only_adversarial_epochs_compete_for_best_once_the_stage_has_begun() -> None:
+    from types import SimpleNamespace
+
+    from synctalk.training.unet import UNetTask
+
+    adv = SimpleNamespace(start_epoch=3, active=lambda e: e >= 3)
+    task = SimpleNamespace(adversary=adv, epoch=3)
+    l1_best = {"epoch": 2, "val_l1": 0.05}
+    assert UNetTask.better(task, {"val_l1": 0.06}, l1_best)  # the first critic epoch replaces the L1 best
+    task.epoch = 4
+    assert not UNetTask.better(task, {"val_l1": 0.07}, {"epoch": 3, "val_l1": 0.06})  # then lower L1 wins
+    task.epoch = 2
+    assert not UNetTask.better(task, {"val_l1": 0.06}, l1_best)  # the warm-up: as without a critic
+    assert not UNetTask.better(SimpleNamespace(adversary=None, epoch=5), {"val_l1": 0.06}, l1_best)
+
+
 # ---------------------------------------------------------------- two gloo ranks
 
 

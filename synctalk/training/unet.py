@@ -377,10 +377,16 @@ class UNetTask(Task):
                              mask=self.mask, batch_size=max(self.speed.batch_size, 16), seed=self.seed)
 
     def better(self, metrics: dict[str, float], best: dict[str, Any]) -> bool:
-        """A lower held-out L1 (training loss when there is no held-out tail)."""
+        """A lower held-out L1 (training loss when there is no held-out tail). With the adversarial stage,
+        only its own epochs compete: the critic buys sharpness with a little L1, so an L1-only epoch
+        would otherwise stay "best" (and be rendered) for ever."""
         def value(m: dict[str, Any]) -> float:
             return float(m.get("_value", m.get("val_l1", m.get("train_loss", float("inf")))))
 
+        adv = self.adversary
+        if adv is not None and self.epoch is not None and adv.active(self.epoch) \
+                and int(best.get("epoch", 0)) < adv.start_epoch:
+            return True
         return not best or value(metrics) < value(best)
 
     def after_epoch(self, epoch: int, run_dir: Path) -> None:

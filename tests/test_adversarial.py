@@ -59,6 +59,18 @@ def test_the_critic_sees_only_its_mouth_box_and_gives_patch_logits() -> None:
     assert torch.equal(d(d.crop(x)), d(x))  # an already cut box is taken as it is
 
 
+def test_a_bad_disc_box_is_a_clear_error() -> None:
+    from synctalk.errors import SyncTalkError
+    from synctalk.training.unet import parse_disc_box
+
+    assert parse_disc_box("40,60,280,230") == (40, 60, 280, 230) and parse_disc_box(None) is None
+    for bad in ("1,2,3", "0,0,400,100"):
+        with pytest.raises(SyncTalkError, match="--disc_box"):
+            parse_disc_box(bad)
+    with pytest.raises(SyncTalkError, match="32 × 32"):
+        MouthDiscriminator("tiny", (0, 0, 20, 20))
+
+
 def test_the_critic_learns_to_tell_real_mouths_from_soft_dull_ones(source) -> None:
     """A toy where real and fake differ as an early L1 UNet's output does (blurred, a little dull): the
     critic's hinge loss, 2 while it cannot tell them apart, falls well below it."""
@@ -85,8 +97,8 @@ def test_the_generator_term_reaches_the_image_not_the_critic_and_runs_under_bf16
     assert pred.grad is not None and pred.grad.abs().sum() > 0
     assert all(p.grad is None for p in adv.model.parameters())
     assert all(p.requires_grad for p in adv.model.parameters())  # switched back on for its own step
-    d = adv.step(torch.rand(2, 3, 320, 320), pred)  # bf16 autocast, channels_last weights
-    assert torch.isfinite(d)
+    d = adv.step(torch.rand(2, 3, 320, 320), pred.to(torch.bfloat16))  # a bf16 prediction, channels_last weights
+    assert torch.isfinite(d) and all(p.grad is not None for p in adv.model.parameters())
 
 
 def test_weight_zero_builds_no_critic_and_a_run_without_it_writes_none(source, work, capsys) -> None:
@@ -119,6 +131,13 @@ def test_an_adversarial_run_checkpoints_its_critic_and_resumes_it_exactly(source
     assert STATE_KEY not in load(run_dir / "checkpoint_best.pth")  # model-only files stay small
     assert STATE_KEY not in load(run_dir / "2.pth")
 
+    # the L1 warm-up is the L1 run itself: building the critic leaves the UNet's weights and batches alone
+    copy_dataset(source, work / "dataset", "bea")
+    assert train_unet(work, "bea", "--epochs", "1") == 0
+    plain = load(checkpoint_layout(work / "checkpoint", "bea").unet_dir / "1.pth")["model"]
+    warm = load(run_dir / "1.pth")["model"]
+    assert all(torch.equal(plain[k], warm[k]) for k in plain)
+
     # what a resume builds holds exactly the saved critic and its optimizer moments
     adv = build_adversary(weight=0.05, start_epoch=2, lr=3e-4, width="tiny", box=None, device=CPU, amp="none",
                           channels_last=False, dist=Distributed(), resume=ckpt, seed=123)
@@ -146,6 +165,22 @@ def test_a_checkpoint_without_a_critic_starts_a_fresh_one_with_a_note(source, wo
     out = capsys.readouterr().out
     assert "holds no discriminator" in out and "adv_d" in out
     assert STATE_KEY in load(checkpoint_layout(work / "checkpoint", "lea").unet_dir / "checkpoint_latest.pth")
+
+
+def test_only_adversarial_epochs_compete_for_best_once_the_stage_has_begun() -> None:
+    from types import SimpleNamespace
+
+    from synctalk.training.unet import UNetTask
+
+    adv = SimpleNamespace(start_epoch=3, active=lambda e: e >= 3)
+    task = SimpleNamespace(adversary=adv, epoch=3)
+    l1_best = {"epoch": 2, "val_l1": 0.05}
+    assert UNetTask.better(task, {"val_l1": 0.06}, l1_best)  # the first critic epoch replaces the L1 best
+    task.epoch = 4
+    assert not UNetTask.better(task, {"val_l1": 0.07}, {"epoch": 3, "val_l1": 0.06})  # then lower L1 wins
+    task.epoch = 2
+    assert not UNetTask.better(task, {"val_l1": 0.06}, l1_best)  # the warm-up: as without a critic
+    assert not UNetTask.better(SimpleNamespace(adversary=None, epoch=5), {"val_l1": 0.06}, l1_best)
 
 
 # ---------------------------------------------------------------- two gloo ranks

@@ -57,7 +57,7 @@ class Adversary:
     def step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """One critic update on real and (detached) generated crops; the detached hinge loss (no host sync)."""
         crop = self.model.crop
-        both = torch.cat([crop(real), crop(fake.detach())])
+        both = torch.cat([crop(real), crop(fake.detach()).to(real.dtype)])  # bf16 predictions beside fp32 crops
         with autocast(self.device, self.amp):
             logits = self.step_model(both)
             loss = hinge_d_loss(logits[: len(real)], logits[len(real):])

@@ -3,8 +3,9 @@
 A checkpoint is {kind: "syncnet"|"unet", model, optimizer, scaler, epoch, asr, config, metrics,
 best, rng, run_config}; `epoch` counts finished epochs. A run's folder holds checkpoint_latest.pth
 (the resume point, the only file with the optimizer and random states, plus `step` when a run was
-stopped mid-epoch), checkpoint_best.pth (by the run's validation metric) and `<epoch>.pth` (the
-newest few kept), both model-only, and config.json (synctalk.training.config).
+stopped mid-epoch and `discriminator` when the UNet trains with its mouth critic), checkpoint_best.pth
+(by the run's validation metric) and `<epoch>.pth` (the newest few kept), both model-only, and
+config.json (synctalk.training.config).
 """
 
 from __future__ import annotations

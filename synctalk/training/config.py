@@ -155,7 +155,7 @@ class UNetConfig(RunConfig):
                                           "e.g. a fifth of --epochs)")
     disc_lr: float = opt(2e-4, "learning rate of the mouth critic (Adam, betas 0.5/0.999; not scaled by "
                                "--lr_scaling)")
-    disc_width: str = opt("auto", "width of the mouth critic (auto: the UNet's)",
+    disc_width: str = opt("auto", "width of the mouth critic (auto: mobile for a full or mobile UNet, tiny for tiny)",
                           choices=("auto", "full", "mobile", "tiny"))
     disc_box: str | None = opt(None, "the critic's mouth box x0,y0,x1,y1 in the 320 crop, end exclusive (default "
                                      "32,48,288,240: the lower face of the preprocessing crop)")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from unet_328 import build_unet
+from unet_328.discriminator import AUTO_WIDTH
 
 from ..constants import CROP_SIZE, INNER
 from ..data import (DEFAULT_MASK, Batch, FrameData, frame_groups, load_frame_data, parse_mask, reference_indices,
@@ -89,12 +90,15 @@ def unet_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: 
         if adversary is not None:
             adv_g = adversary.generator_loss(pred)
             total = total + adversary.weight * adv_g
+            # the critic's copy of the prediction, taken before the backward: with CUDA graphs the
+            # graph's output memory belongs to the graph pool
+            fake = adversary.model.crop(pred.detach()).clone()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
     scaler.step(optimizer)
     scaler.update()
     if adversary is not None:  # the critic learns from the prediction the UNet made before its update
-        adv_d = adversary.step(batch.target, pred)
+        adv_d = adversary.step(batch.target, fake)
         parts = torch.cat([total.detach().float().reshape(1), parts[1:], adv_g.detach().reshape(1),
                            adv_d.float().reshape(1)])
     return parts
@@ -246,6 +250,16 @@ def choose_perceptual(choice: str, models_dir: str | None, dist: Distributed) ->
         return choice, load_perceptual_loss(choice, models_dir)
 
 
+def parse_disc_box(text: str | None) -> tuple[int, int, int, int] | None:
+    """--disc_box x0,y0,x1,y1 (the critic's mouth box in the 320 crop) → a checked tuple; None: the default."""
+    if not text:
+        return None
+    try:
+        return parse_mask(text)
+    except SyncTalkError as exc:
+        raise SyncTalkError(f"--disc_box: {str(exc).replace('mask', 'box', 1)}") from None
+
+
 # ---------------------------------------------------------------- the task
 
 
@@ -302,8 +316,8 @@ class UNetTask(Task):
         unet = build_unet(asr, cfg.width)  # before the critic: the UNet's initial weights stay those of an L1 run
         adversary = build_adversary(
             weight=cfg.adversarial_weight, start_epoch=cfg.adversarial_start_epoch, lr=cfg.disc_lr,
-            width=cfg.width if cfg.disc_width == "auto" else cfg.disc_width,
-            box=parse_mask(cfg.disc_box) if cfg.disc_box else None, device=device, amp=speed.amp,
+            width=AUTO_WIDTH.get(cfg.width or "full", "mobile") if cfg.disc_width == "auto" else cfg.disc_width,
+            box=parse_disc_box(cfg.disc_box), device=device, amp=speed.amp,
             channels_last=speed.channels_last, dist=dist, resume=resume, seed=cfg.seed)
         task = cls(unet, data, train_idx, val_idx, perceptual=perceptual, syncnet=syncnet,
                    l1_weight=cfg.l1_weight, perceptual_weight=cfg.perceptual_weight, sync_weight=cfg.sync_weight,
@@ -363,10 +377,16 @@ class UNetTask(Task):
                              mask=self.mask, batch_size=max(self.speed.batch_size, 16), seed=self.seed)
 
     def better(self, metrics: dict[str, float], best: dict[str, Any]) -> bool:
-        """A lower held-out L1 (training loss when there is no held-out tail)."""
+        """A lower held-out L1 (training loss when there is no held-out tail). With the adversarial stage,
+        only its own epochs compete: the critic buys sharpness with a little L1, so an L1-only epoch
+        would otherwise stay "best" (and be rendered) for ever."""
         def value(m: dict[str, Any]) -> float:
             return float(m.get("_value", m.get("val_l1", m.get("train_loss", float("inf")))))
 
+        adv = self.adversary
+        if adv is not None and self.epoch is not None and adv.active(self.epoch) \
+                and int(best.get("epoch", 0)) < adv.start_epoch:
+            return True
         return not best or value(metrics) < value(best)
 
     def after_epoch(self, epoch: int, run_dir: Path) -> None:
@@ -394,7 +414,7 @@ class UNetTask(Task):
         if adv is None:
             return {"adversarial_weight": 0.0}
         return {"adversarial_weight": adv.weight, "adversarial_start_epoch": adv.start_epoch, "disc_lr": adv.lr,
-                "disc_box": list(adv.model.box)}
+                "disc_box": list(adv.model.box), "disc_widths": list(adv.model.widths)}
 
     def describe(self) -> str:
         """The loss terms."""

@@ -160,7 +160,7 @@ def test_quick_is_a_preset_under_what_was_typed() -> None:
     from synctalk.training.config import SyncNetConfig, UNetConfig, merge_config
 
     sn = merge_config(SyncNetConfig, {"name": "ann", "quick": True})
-    assert (sn.width, sn.epochs, sn.pairs_per_epoch) == ("tiny", 2, 256)
+    assert (sn.width, sn.epochs, sn.pairs_per_epoch) == ("tiny", 1, 128)
     un = merge_config(UNetConfig, {"name": "ann", "quick": True, "epochs": 5})
     assert (un.width, un.epochs, un.perceptual) == ("tiny", 5, "none")
     assert merge_config(UNetConfig, {"name": "ann"}, {"quick": True}).width == "tiny"  # a resumed quick run stays one

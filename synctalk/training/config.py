@@ -106,8 +106,9 @@ class SyncNetConfig(RunConfig):
     """`synctalk train-syncnet`: the person's audio–mouth critic."""
 
     # --quick: a few small epochs of a tiny critic, to try the whole app on a CPU in minutes
-    QUICK: ClassVar[dict[str, Any]] = {"width": "tiny", "epochs": 2, "pairs_per_epoch": 256}
-    QUICK_NOTE: ClassVar[str] = "a tiny SyncNet, 2 epochs of at least 256 pairs (a trial, not a usable critic)"
+    QUICK: ClassVar[dict[str, Any]] = {"width": "tiny", "epochs": 1, "pairs_per_epoch": 128}
+    QUICK_NOTE: ClassVar[str] = ("a tiny SyncNet, 1 epoch of at least 128 pairs (a trial, not a usable critic: "
+                                 "the UNet then trains without the sync loss)")
 
     reuse: str | None = opt(None, "satisfy this person's SyncNet step with an existing SyncNet checkpoint (its "
                                   "audio features must match) instead of training one")
@@ -132,8 +133,9 @@ class SyncNetConfig(RunConfig):
 class UNetConfig(RunConfig):
     """`synctalk train-unet`: the UNet-328 that redraws the mouth from the audio."""
 
-    QUICK: ClassVar[dict[str, Any]] = {"width": "tiny", "epochs": 3, "perceptual": "none"}
-    QUICK_NOTE: ClassVar[str] = "a tiny UNet, 3 epochs, L1 only (a trial: the mouth stays blurry)"
+    QUICK: ClassVar[dict[str, Any]] = {"width": "tiny", "epochs": 2, "perceptual": "none"}
+    QUICK_NOTE: ClassVar[str] = ("a tiny UNet, 2 epochs, L1 only (a trial: the mouth stays blurry); on a CPU an "
+                                 "epoch takes about a second per training frame")
 
     save_dir: str | None = opt(None, "UNet checkpoint folder (default <checkpoint_dir>/<name>)")
     syncnet: str = opt("auto", "the critic of the sync loss: auto (the person's own SyncNet when it passes the "

@@ -206,7 +206,7 @@ def _extract_frames(opts: PreprocessOptions, layout: DatasetLayout, source: Path
     bar.close()
     if count == 0:
         raise SyncTalkError(f"{opts.video_path} decoded to no frames")
-    for stale in sorted(layout.frames_dir.glob("*.jpg")):
+    for stale in sorted(layout.frames_dir.glob("[0-9]*.jpg")):  # frame files only, never a temporary one
         if int(stale.stem) >= count:
             stale.unlink()
     state.update("preprocessing", frames_done=True, frame_count=count, completed=False)
@@ -474,7 +474,7 @@ def _preprocess_locked(opts: PreprocessOptions, info: media.MediaInfo, layout: D
     result = PreprocessResult(name=opts.name, layout=layout)
     source = _source_video(opts, info, layout, state, result)
     if opts.skip_frames:
-        count = int(prev.get("frame_count") or len(list(layout.frames_dir.glob("*.jpg"))))
+        count = int(prev.get("frame_count") or len(list(layout.frames_dir.glob("[0-9]*.jpg"))))
         if count == 0:
             raise SyncTalkError(f"--skip_frames given but {layout.frames_dir} holds no frames")
         result.skipped.append("frames (--skip_frames)")

@@ -118,10 +118,11 @@ def _check_options(opts: PreprocessOptions) -> DatasetLayout:
     dataset_dir = Path(opts.dataset_dir)
     for folder in (dataset_dir, *dataset_dir.absolute().parents):  # the nearest that exists must be a folder
         if folder.exists():
-            if not folder.is_dir():
-                where = "" if folder == dataset_dir else f": {folder} is a file, not a folder"
-                raise SyncTalkError(f"--dataset_dir {dataset_dir}{where or ' is a file, not a folder'}")
-            break
+            if folder.is_dir():
+                break
+            if folder == dataset_dir:
+                raise SyncTalkError(f"--dataset_dir {dataset_dir} is a file, not a folder")
+            raise SyncTalkError(f"--dataset_dir {dataset_dir}: {folder} is a file, not a folder")
     if layout.root.exists() and not layout.root.is_dir():
         raise SyncTalkError(f"{layout.root} is a file, not a folder: move it away or choose another --name")
     return layout
@@ -207,7 +208,7 @@ def _extract_frames(opts: PreprocessOptions, layout: DatasetLayout, source: Path
     if count == 0:
         raise SyncTalkError(f"{opts.video_path} decoded to no frames")
     for stale in sorted(layout.frames_dir.glob("[0-9]*.jpg")):  # frame files only, never a temporary one
-        if int(stale.stem) >= count:
+        if stale.stem.isdigit() and int(stale.stem) >= count:
             stale.unlink()
     state.update("preprocessing", frames_done=True, frame_count=count, completed=False)
     result.done_now.append(f"frames ({written} written)")

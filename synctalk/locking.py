@@ -128,7 +128,8 @@ def _exclusive_create(path: Path, what: str) -> Iterator[dict[str, Any]]:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             info = read_lock(path)
-            if info is None or info.get("host") != host or pid_alive(int(info.get("pid") or 0)):
+            pid = info.get("pid") if info else None
+            if info is None or info.get("host") != host or not isinstance(pid, int) or pid_alive(pid):
                 hint = f"; if that process is gone, delete {path}" if info and info.get("host") != host else ""
                 raise _busy(path, what, info, hint) from None
             # stale: move it aside first, so of two takers only one removes it

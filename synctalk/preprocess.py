@@ -98,10 +98,11 @@ def _check_options(opts: PreprocessOptions) -> DatasetLayout:
     dataset_dir = Path(opts.dataset_dir)
     for folder in (dataset_dir, *dataset_dir.absolute().parents):  # the nearest that exists must be a folder
         if folder.exists():
-            if not folder.is_dir():
-                where = "" if folder == dataset_dir else f": {folder} is a file, not a folder"
-                raise SyncTalkError(f"--dataset_dir {dataset_dir}{where or ' is a file, not a folder'}")
-            break
+            if folder.is_dir():
+                break
+            if folder == dataset_dir:
+                raise SyncTalkError(f"--dataset_dir {dataset_dir} is a file, not a folder")
+            raise SyncTalkError(f"--dataset_dir {dataset_dir}: {folder} is a file, not a folder")
     if layout.root.exists() and not layout.root.is_dir():
         raise SyncTalkError(f"{layout.root} is a file, not a folder: move it away or choose another --name")
     return layout
@@ -189,8 +190,8 @@ def _extract_frames(opts: PreprocessOptions, layout: DatasetLayout, source: Path
     bar.close()
     if count == 0:
         raise SyncTalkError(f"{opts.video_path} decoded to no frames")
-    for stale in sorted(layout.frames_dir.glob("*.jpg")):
-        if int(stale.stem) >= count:
+    for stale in sorted(layout.frames_dir.glob("[0-9]*.jpg")):  # frame files only, never a temporary one
+        if stale.stem.isdigit() and int(stale.stem) >= count:
             stale.unlink()
     state.update("preprocessing", frames_done=True, frame_count=count, completed=False)
     result.done_now.append(f"frames ({written} written)")
@@ -469,7 +470,7 @@ def _preprocess_locked(opts: PreprocessOptions, info: media.MediaInfo, layout: D
     result = PreprocessResult(name=opts.name, layout=layout)
     source = _source_video(opts, info, layout, state, result)
     if opts.skip_frames:
-        count = int(prev.get("frame_count") or len(list(layout.frames_dir.glob("*.jpg"))))
+        count = int(prev.get("frame_count") or len(list(layout.frames_dir.glob("[0-9]*.jpg"))))
         if count == 0:
             raise SyncTalkError(f"--skip_frames given but {layout.frames_dir} holds no frames")
         result.skipped.append("frames (--skip_frames)")

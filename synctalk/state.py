@@ -66,12 +66,12 @@ _TYPE_NAMES = {bool: "true/false", int: "a whole number", float: "a number", str
 
 
 def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"{str(value).lower()}"
-    if value is None:
-        return "null"
-    return {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__) + (f" ({json.dumps(value)[:40]})" if isinstance(value, (str, int, float)) else "")
+    """How a JSON value reads in a message: 'true', 'null', 'a string ("yes")', 'a list'."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    kind = {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+    return f"{kind} ({json.dumps(value)[:40]})" if isinstance(value, (str, int, float)) else kind
 
 
 def _type_ok(value: Any, allowed: tuple[type, ...]) -> bool:

@@ -147,8 +147,8 @@ def test_two_concurrent_preprocess_runs_of_one_name(tmp_path, short_clip):
     layout = dataset_layout(ds, "twin")
     sec = TrainingState(layout.state_file).section("preprocessing")
     assert sec["completed"]
-    n = len(list(layout.frames_dir.glob("*.jpg")))
-    assert n == sec["frame_count"] == len(list(layout.landmarks_dir.glob("*.lms")))
+    n = len(list(layout.frames_dir.glob("[0-9]*.jpg")))
+    assert n == sec["frame_count"] == len(list(layout.landmarks_dir.glob("[0-9]*.lms")))
     assert not _no_temps(layout.root) and not layout.preprocess_lock.exists()
 
 

@@ -120,16 +120,17 @@ def test_kill_during_landmarks_then_rerun_finishes(tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lms_dir = ds / "k" / "landmarks"
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(lms_dir.glob("*.lms"))) < 12:
+    while time.time() < deadline and len(list(lms_dir.glob("[0-9]*.lms"))) < 12:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = {p.name: p.stat().st_mtime_ns for p in lms_dir.glob("*.lms")}
+    # "[0-9]*": pathlib's "*" matches dot files too, such as the killed writer's temporary file
+    partial = {p.name: p.stat().st_mtime_ns for p in lms_dir.glob("[0-9]*.lms")}
     assert partial, "landmarks never started"
     state = json.loads((ds / "k" / ".training_state.json").read_text())
     assert not state["preprocessing"].get("landmarks_done")
     # every file that exists is whole: each .lms has 68 lines of two numbers
-    for p in lms_dir.glob("*.lms"):
+    for p in lms_dir.glob("[0-9]*.lms"):
         assert np.loadtxt(p).shape == (68, 2)
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)

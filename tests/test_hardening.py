@@ -471,3 +471,29 @@ def test_damaged_dataset_files_are_remade_or_named(tmp_path, capsys, short_clip,
         assert code == 0, text
         assert TrainingState(root / ".training_state.json").section("preprocessing")["completed"]
     assert not _no_temps(root)
+
+
+def test_a_second_training_run_of_one_folder_is_refused_naming_the_first(tmp_path) -> None:
+    """The training lock: held by the run, refused to a second one, and not left behind."""
+    from synctalk.errors import SyncTalkError
+    from synctalk.layout import CheckpointLayout
+    from synctalk.locking import hold_lock
+    from synctalk.training.commands import start_run
+    from synctalk.training.config import SyncNetConfig
+
+    run_dir = tmp_path / "checkpoint" / "syncnet_ann"
+    seen = {}
+
+    def train(cfg, dist):  # stands in for the loop: a second run of the same folder meanwhile
+        seen["dir"] = Path(cfg.run_dir())
+        with pytest.raises(SyncTalkError, match=r"training.*pid"):
+            with hold_lock(CheckpointLayout.lock(Path(cfg.run_dir())), "training"):
+                pass
+        return 0
+
+    explicit = {"name": "ann", "dataset_dir": str(tmp_path / "dataset"), "checkpoint_dir": str(tmp_path / "checkpoint"),
+                "device": "cpu"}
+    assert start_run("train-syncnet", SyncNetConfig, explicit, train) == 0
+    assert seen["dir"] == run_dir
+    with hold_lock(CheckpointLayout.lock(run_dir), "training"):  # released after the run
+        pass

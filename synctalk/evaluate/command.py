@@ -73,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint_dir", default="checkpoint", type=Path)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     p.add_argument("--models_dir", default=None, type=Path, help="where the face detector's weights are looked for")
+    p.add_argument("--detector", default="auto", choices=("auto", "scrfd", "dlib"),
+                   help="face detector that finds the mouths (auto: scrfd when its file is found, else dlib)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--val_fraction", type=float, default=None,
                    help="held-out tail (default: the checkpoint's training value, else 0.1)")
@@ -95,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
                       checkpoint=args.checkpoint, device=args.device, models_dir=args.models_dir,
                       batch_size=args.batch_size, val_fraction=args.val_fraction, shift=args.shift,
                       reference_video=args.reference_video, start_frame=args.start_frame,
-                      landmarker=args.landmarker, silence=not args.no_silence, progress=not args.no_progress)
+                      landmarker=args.landmarker, silence=not args.no_silence, progress=not args.no_progress,
+                      detector=args.detector)
     print_table(result)
     if args.json:
         write_json_atomic(args.json, result.to_json())

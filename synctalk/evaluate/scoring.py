@@ -108,14 +108,17 @@ class LandmarkMeter:
         return self.topology.mouth_aperture(points)
 
 
-def landmark_meter(landmarker: str, models_dir: str | Path | None, device: Any) -> LandmarkMeter:
-    """SCRFD + the named landmarker (their weights checked before any rendering)."""
-    from ..faces.detector import FaceDetector
+def landmark_meter(landmarker: str, models_dir: str | Path | None, device: Any,
+                   detector: str = "auto") -> LandmarkMeter:
+    """A face detector (auto: SCRFD when its file is found, else dlib's) + the named landmarker, their
+    weights checked before any rendering; says once which detector it uses and why."""
+    from ..faces.factory import choose_detector, create_detector
     from ..faces.landmarks import create_landmarker
-    from ..weights import resolve_model_file
 
-    detector = FaceDetector(resolve_model_file("scrfd", models_dir), device=str(device))
-    return LandmarkMeter(detector, create_landmarker(landmarker, models_dir, device=str(device)))
+    choice = choose_detector(detector, models_dir)
+    print(choice.describe(), flush=True)
+    return LandmarkMeter(create_detector(choice, models_dir, device=str(device)),
+                         create_landmarker(landmarker, models_dir, device=str(device)))
 
 
 @dataclass
@@ -136,7 +139,7 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
              batch_size: int = 16, val_fraction: float | None = None, shift: int = SHIFT_FRAMES,
              reference_video: str | Path | None = None, silence: bool = True, landmarker: str | None = None,
              start_frame: int = 0, progress: bool = True, generator: Any = None,
-             meter: Any = None) -> EvalResult:
+             meter: Any = None, detector: str = "auto") -> EvalResult:
     """Score `name`'s UNet: its held-out tail, or (with `reference_video`) another recording's speech.
 
     `generator` (a render.Generator or anything with its call, device, asr and spec) replaces the
@@ -158,11 +161,11 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
         ckpt_path = resolve_checkpoint(checkpoint_dir, name, checkpoint)
         dev = resolve_device(device) if isinstance(device, str) or device is None else torch.device(device)
         if meter is None:
-            meter = landmark_meter(kind, models_dir, dev)  # fail before any rendering
+            meter = landmark_meter(kind, models_dir, dev, detector)  # fail before any rendering
         model, ckpt = load_generator(ckpt_path, dev, layout=layout)
         generator = Generator(model, ckpt, dev, pad_to=batch_size)
     elif meter is None:
-        meter = landmark_meter(kind, models_dir, generator.device)
+        meter = landmark_meter(kind, models_dir, generator.device, detector)
     config = dict(ckpt.get("config") or {})
     info: dict[str, Any] = {
         "asr": generator.asr, "width": config.get("width"), "epoch": ckpt.get("epoch"), "shift_frames": int(shift),

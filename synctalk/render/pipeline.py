@@ -242,6 +242,9 @@ def render(name: str, audio_path: str | Path, output: str | Path | None = None, 
     else:
         gen, dev, what = generator, generator.device, f"a given generator ({generator.asr})"
     out_path = Path(output) if output else default_output(name, audio_path, ckpt_path or Path("generator"))
+    from ..fileio import remove_stale_temps
+
+    remove_stale_temps(out_path.parent)  # what a killed render left there (a live writer's file is kept)
     if progress:
         print(f"{name}: {audio.size / SAMPLE_RATE:.2f} s of speech → {count} frames with {what} on {dev}")
     feats_t = speech_features(gen.asr, audio, count, dev, models_dir, progress)

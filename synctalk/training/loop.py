@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ..data import FrameData, check_preprocessed, resolve_asr
 from ..errors import SyncTalkError
+from ..fileio import remove_stale_temps
 from ..layout import DatasetLayout, dataset_layout
 from ..state import PREPROCESSING, TrainingState
 from .checkpoint import best_path, epoch_payload, latest_path, restart_or_resume, save_checkpoint, write_epoch
@@ -410,6 +411,8 @@ def run_training(task_cls: type[Task], cfg: RunConfig, dist: Distributed) -> Tra
                           base_batch=task_cls.base_batch)
     configure_backends(device)
     torch.manual_seed(cfg.seed)
+    if dist.is_main:
+        remove_stale_temps(layout.root)  # a crop cache a killed run was writing (a live writer's file is kept)
     task = task_cls.build(cfg, layout, state, asr=asr, device=device, speed=speed, dist=dist, resume=resume,
                           av_offset=av_offset)
 

@@ -11,6 +11,7 @@ nodes: torchrun's --nnodes/--node_rank/--rdzv_* flags). --batchsize is per proce
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -93,11 +94,16 @@ def resolve_config(cls: type, explicit: Mapping[str, Any]) -> RunConfig:
     return merge_config(cls, explicit, saved_options(run_dir), source=run_dir / CONFIG_FILE)
 
 
+LOCK_HELD_ENV = "SYNCTALK_RUN_LOCK_HELD"  # set for the processes of a run whose launcher holds its lock
+
+
 def start_run(command: str, cls: type, explicit: Mapping[str, Any],
               train: Callable[[RunConfig, Any], int]) -> int:
     """Resolve the options, start torchrun for --gpus N, else run `train(cfg, dist)` in this process.
 
-    The single place every training run starts from a command line (a per-folder lock wraps here).
+    The single place every training run starts from a command line. One writer per checkpoint
+    folder: the launching process (or rank 0 of a torchrun the user started) holds its lock, and a
+    second run of the same folder is refused with a message naming the first.
     """
     cfg = resolve_config(cls, explicit)
     if str(cfg.device).startswith("cpu"):
@@ -107,7 +113,12 @@ def start_run(command: str, cls: type, explicit: Mapping[str, Any],
     if cfg.quick:
         print(f"--quick: {cls.QUICK_NOTE}", flush=True)
     if cfg.gpus > 1 and not inside_torchrun():
-        return launch_torchrun(command, cls, explicit, cfg.gpus)
+        with _run_lock(cfg):
+            os.environ[LOCK_HELD_ENV] = "1"  # the processes torchrun starts inherit it
+            try:
+                return launch_torchrun(command, cls, explicit, cfg.gpus)
+            finally:
+                os.environ.pop(LOCK_HELD_ENV, None)
     from ..runtime import Distributed
 
     dist = Distributed.from_env()
@@ -116,9 +127,19 @@ def start_run(command: str, cls: type, explicit: Mapping[str, Any],
         dist.log(f"note: --gpus {cfg.gpus}, but torchrun started {local} processes on this node; using those")
     if cfg.cuda_graphs == "yes" and dist.enabled:
         raise SyncTalkError(GRAPHS_ONE_GPU)
-    try:
-        if dist.enabled:
-            dist.start(cfg.device)  # one process group for the whole command (the loop reuses it)
-        return train(cfg, dist)
-    finally:
-        dist.stop()
+    lock = _run_lock(cfg) if dist.is_main and not os.environ.get(LOCK_HELD_ENV) else contextlib.nullcontext()
+    with lock:
+        try:
+            if dist.enabled:
+                dist.start(cfg.device)  # one process group for the whole command (the loop reuses it)
+            return train(cfg, dist)
+        finally:
+            dist.stop()
+
+
+def _run_lock(cfg: RunConfig) -> Any:
+    """The lock of the run's checkpoint folder (synctalk.locking.hold_lock)."""
+    from ...layout import CheckpointLayout
+    from ...locking import hold_lock
+
+    return hold_lock(CheckpointLayout.lock(Path(cfg.run_dir())), "training")

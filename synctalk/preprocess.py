@@ -327,7 +327,8 @@ def _features(opts: PreprocessOptions, layout: DatasetLayout, count: int, state:
     sec = state.section("preprocessing")
     made = dict(sec.get("feature_files") or {})
     path = layout.features(opts.asr_model)
-    if opts.asr_model in made and path.exists():
+    same_model = opts.asr_model != "whisper" or sec.get("whisper_model") == _whisper_source(opts)
+    if opts.asr_model in made and path.exists() and same_model:  # another whisper model: made again
         try:
             rows = np.load(path, mmap_mode="r").shape[0]
         except (ValueError, OSError):

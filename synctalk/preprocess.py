@@ -372,7 +372,8 @@ def _features(opts: PreprocessOptions, layout: DatasetLayout, count: int, state:
     sec = state.section("preprocessing")
     made = dict(sec.get("feature_files") or {})
     path = layout.features(opts.asr_model)
-    if opts.asr_model in made and path.exists():
+    same_model = opts.asr_model != "whisper" or sec.get("whisper_model") == _whisper_source(opts)
+    if opts.asr_model in made and path.exists() and same_model:  # another whisper model: made again
         if _npy_rows(path) == count:
             result.skipped.append(f"features ({opts.asr_model})")
             return

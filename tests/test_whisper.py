@@ -208,6 +208,27 @@ def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
         compute_features("whisper", np.zeros(SR, np.float32), 10, whisper_model=str(tmp_path / "junk"), progress=False)
 
 
+def test_download_into_the_models_folder(tmp_path, monkeypatch, tiny_dir):
+    import transformers
+
+    # the hub stands in for the tiny model's folder; what is written and where is the real code
+    for cls in (transformers.WhisperModel, transformers.WhisperFeatureExtractor):
+        real = cls.from_pretrained.__func__
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(lambda c, _id, real=real, **kw: real(c, tiny_dir, **kw)))
+    where = whisper.download_whisper(tmp_path / "models", progress=False)
+    assert where == str(tmp_path / "models" / "whisper")
+    assert whisper.locate(None, tmp_path / "models").kind == "transformers"
+    assert not (tmp_path / "models" / ".whisper.partial").exists()
+
+
+def test_download_without_network_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(whisper, "DEFAULT_ID", "synctalk-test/no-such-whisper")
+    with pytest.raises(SyncTalkError, match="download failed(.|\n)*--asr_model mel"):
+        whisper.download_whisper(tmp_path, progress=False)
+    assert not (tmp_path / "whisper").exists()
+
+
 def test_ctranslate2_folder_without_the_package_says_what_to_install(tmp_path, monkeypatch):
     (tmp_path / "ct2").mkdir()
     (tmp_path / "ct2" / "config.json").write_text("{}")

@@ -151,6 +151,38 @@ def check_available(whisper_model=None, models_dir=None) -> None:
         raise _not_found(src.where, models_dir, "not in the cache and the Hugging Face hub is set offline")
 
 
+def download_whisper(models_dir: "str | os.PathLike | None" = None, model_id: str | None = None,
+                     progress: bool = True) -> str:
+    """Fetch a whisper model (default DEFAULT_ID): into `<models_dir>/whisper/` when a folder is given
+    (portable to offline machines, found there without --whisper_model), else into transformers'
+    cache. Returns where it is."""
+    import transformers
+    from transformers import WhisperFeatureExtractor, WhisperModel
+
+    model_id = model_id or DEFAULT_ID
+    if not progress:
+        transformers.logging.disable_progress_bar()
+    try:
+        fe = WhisperFeatureExtractor.from_pretrained(model_id)
+        model = WhisperModel.from_pretrained(model_id)
+    except Exception as exc:  # noqa: BLE001 - network, auth and file errors alike
+        raise _not_found(model_id, models_dir, f"download failed: {type(exc).__name__}: {exc}") from None
+    if models_dir:
+        import shutil
+
+        # written beside under another name, then renamed: a killed download never looks like a model
+        dest = Path(models_dir) / FOLDER
+        tmp = dest.with_name(f".{FOLDER}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        fe.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+        return str(dest)
+    return whisper_location(model_id)[0]
+
+
 # ------------------------------------------------------------------------------------------------
 # loading
 

@@ -33,7 +33,8 @@ def _av_offset_mark(pre: dict) -> tuple[str, str]:
     if not isinstance(off, dict) or "frames" not in off:
         return "[dim]–[/]", "not measured (too little speech)"
     n = int(off["frames"])
-    when = "in sync" if n == 0 else (f"lips {n} frames after the sound" if n > 0 else f"lips {-n} frames before the sound")
+    when = ("in sync" if n == 0 else f"lips {n} frames after the sound" if n > 0
+            else f"lips {-n} frames before the sound")
     return ("[green]0[/]" if n == 0 else f"[yellow]{n:+d}[/]"), (
         f"{n:+d} frames ({when}), from the {off.get('source', '?')}, r={off.get('corr')}")
 

@@ -34,7 +34,8 @@ from .metrics import (laplacian_variance, mouth_patch, mouth_region, psnr, ratio
 SHIFT_FRAMES = 25  # the control: audio one second away
 MIN_FRAMES = 5  # the fewest frames the temporal metrics mean anything on
 
-METRIC_KEYS = ("sync_corr", "lag_peak", "lag_peak_corr", "sync_corr_shifted", "sync_margin", "psnr_mouth",
+METRIC_KEYS = ("sync_corr", "lag_peak", "lag_peak_corr", "sync_corr_shifted", "sync_margin", "lag_peak_vs_audio",
+               "sync_corr_vs_audio", "psnr_mouth",
                "ssim_mouth", "jitter_ratio", "sharpness_ratio", "opening_range_ratio", "mean_opening_ratio",
                "silence_opening_generated", "silence_opening_real", "silence_opening_gap", "silence_jitter_ratio")
 
@@ -187,10 +188,13 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
     metrics["psnr_mouth"] = (float(np.mean(finite_psnr)) if finite_psnr else float("inf")) if series.psnr else None
     metrics["ssim_mouth"] = float(np.mean(series.ssim)) if series.ssim else None
     metrics["sharpness_ratio"] = ratio(float(np.mean(series.sharp_gen)), float(np.mean(series.sharp_real)))
-    ref_offset = info.get("reference_av_offset") or (info.get("dataset_av_offset") if reference_video is None else None)
-    if metrics.get("lag_peak") is not None and ref_offset:
-        # the real mouth lags its own audio by the recording's offset; the generated one lags the audio by both
-        info["lag_peak_vs_audio"] = int(metrics["lag_peak"]) + int(ref_offset.get("frames", 0))
+    # the real mouth lags its own audio by its recording's offset R (+R: lips after the sound), so the
+    # generated mouth lags the audio by lag_peak + R, and lines up with the audio where the profile is at -R
+    ref_offset = info.get("reference_av_offset") if reference_video is not None else info.get("dataset_av_offset")
+    r = int(ref_offset["frames"]) if isinstance(ref_offset, dict) and "frames" in ref_offset else None
+    metrics["lag_peak_vs_audio"] = (int(metrics["lag_peak"]) + r) if r is not None and metrics["lag_peak"] is not None \
+        else None
+    metrics["sync_corr_vs_audio"] = profile.get(-r) if r is not None else None
     out_series = {"aperture_real": ap["real"].tolist(), "aperture_generated": ap["gen"].tolist(),
                   "aperture_shifted": ap["shift"].tolist(), "speech": [bool(s) for s in speech],
                   "psnr_mouth": series.psnr, "ssim_mouth": series.ssim}

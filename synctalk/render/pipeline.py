@@ -57,8 +57,9 @@ class FramePlan:
 
 def frame_plan(sources: np.ndarray, rows: np.ndarray, *, active: np.ndarray | None = None,
                candidates: np.ndarray | None = None, edge_weights: np.ndarray | None = None) -> FramePlan:
-    """A plan: with voice activity and resting candidates, pauses get the resting mouth; otherwise the
-    speech mouth everywhere, times `edge_weights` (the real frame where that is 0)."""
+    """A plan: with voice activity and resting candidates, pauses get the resting mouth; otherwise (no
+    resting frame known, or silence handling off) the speech mouth everywhere, times `edge_weights`
+    (the real frame where that is 0)."""
     sources = np.asarray(sources, np.int64)
     rows = np.asarray(rows, np.int64)
     count = len(sources)
@@ -248,13 +249,14 @@ def render(name: str, audio_path: str | Path, output: str | Path | None = None, 
     sources = pingpong_indices(count, n_src, start_frame, loop_back)
     rows = np.arange(count)
     rest_feats = None
+    edges = generation_weights(audio, count, SAMPLE_RATE)
     if silence:
         plan = frame_plan(sources, rows, active=voice_activity(audio, count),
-                          candidates=silence_plan_inputs(layout, gen, n_src))
+                          candidates=silence_plan_inputs(layout, gen, n_src), edge_weights=edges)
         if plan.rest.any():
             rest_feats = own_features(layout, gen, n_src)
     else:
-        plan = frame_plan(sources, rows, edge_weights=generation_weights(audio, count, SAMPLE_RATE))
+        plan = frame_plan(sources, rows, edge_weights=edges)
     h, w = cv2_shape(layout.frame_path(0))
 
     bar = tqdm(total=count, desc=f"render {name}", unit="frame", disable=not progress)

@@ -206,6 +206,12 @@ def _shifted_rows(rows: np.ndarray, shift: int, n: int) -> np.ndarray:
     return (np.asarray(rows) - int(shift)) % n
 
 
+def fit_length(audio: np.ndarray, count: int) -> np.ndarray:
+    """The audio cut or padded with silence to exactly `count` frames."""
+    n = count * (SAMPLE_RATE // FPS)
+    return audio[:n] if audio.size >= n else np.concatenate([audio, np.zeros(n - audio.size, audio.dtype)])
+
+
 def _score_tail(layout: Any, boxes: np.ndarray, gen: Any, meter: Any, batch_size: int, vf: float, shift: int,
                 silence: bool, progress: bool) -> tuple[np.ndarray, _Series, np.ndarray, dict[str, Any]]:
     """The held-out tail, rendered from its own rows on its own frames (and with rows one second away)."""
@@ -282,8 +288,8 @@ def _score_reference(layout: Any, boxes: np.ndarray, gen: Any, meter: Any, batch
 
     from .. import lipcheck
     from ..audio.features import frames_for_duration
-    from ..render import frame_plan, load_speech, pingpong_indices, render_chunks, speech_features, voice_activity
-    from ..render.pipeline import own_features, silence_plan_inputs
+    from ..render import load_speech, pingpong_indices, render_chunks, speech_features, voice_activity
+    from ..render.pipeline import own_features, silence_plan_inputs, speech_plan
 
     audio = load_speech(ref)
     count = frames_for_duration(audio.size / SAMPLE_RATE, FPS)
@@ -296,9 +302,10 @@ def _score_reference(layout: Any, boxes: np.ndarray, gen: Any, meter: Any, batch
     active = voice_activity(audio, count)
     rows_shift = _shifted_rows(rows, shift, count)
     candidates = silence_plan_inputs(layout, gen, n_src) if silence else None
-    plan = frame_plan(sources, rows, active=active if silence else None, candidates=candidates)
-    plan_shift = frame_plan(sources, rows_shift, active=active[rows_shift] if silence else None,
-                            candidates=candidates)
+    plan = speech_plan(layout, gen, audio, sources, rows, silence, candidates)
+    # the control hears the speech `shift` frames later all through: its features and its pauses
+    moved = np.roll(fit_length(audio, count), int(shift) * (SAMPLE_RATE // FPS))
+    plan_shift = speech_plan(layout, gen, moved, sources, rows_shift, silence, candidates)
     rest_feats = own_features(layout, gen, n_src) if (plan.rest.any() or plan_shift.rest.any()) else None
     s = _Series()
     real_iter = _reference_frames(ref)

@@ -117,6 +117,11 @@ def test_eval_without_a_model_is_a_clear_error(person, capsys):
                str(person.root / "nowhere"), "--device", "cpu", "--no_progress"])
     assert rc == 1
     assert "no trained model" in capsys.readouterr().err
+    rc = main(["eval", "--name", NAME, "--dataset_dir", str(person.dataset_dir), "--checkpoint_dir",
+               str(person.checkpoint_dir), "--device", "cpu", "--reference_video", str(person.root / "none.mp4"),
+               "--no_progress"])
+    assert rc == 1
+    assert "reference video not found" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- lag profile, silence, cross-sentence

@@ -73,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset_dir", default="dataset", type=Path)
     p.add_argument("--checkpoint_dir", default="checkpoint", type=Path)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
-    p.add_argument("--models_dir", default=None, type=Path, help="where the face detector's weights are looked for")
+    p.add_argument("--models_dir", default=None, type=Path, help="where model weights (face detector, landmarker, audio model) are looked for first")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--val_fraction", type=float, default=None,
                    help="held-out tail (default: the checkpoint's training value, else 0.1)")

@@ -152,6 +152,8 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
 
     layout = dataset_layout(dataset_dir, name)
     boxes = load_boxes(layout)
+    if reference_video is not None and not Path(reference_video).is_file():
+        raise SyncTalkError(f"reference video not found: {reference_video}")
     pre = TrainingState(layout.state_file).section(PREPROCESSING) if layout.state_file.exists() else {}
     kind = landmarker or pre.get("landmarker") or "dlib"
     ckpt_path, ckpt = None, {}

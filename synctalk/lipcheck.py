@@ -22,7 +22,9 @@ count) after both series lose their slow drift (head pose, level changes), gives
 A/V offset: `estimate_av_offset` searches ±`MAX_OFFSET` frames and refines the peak to a fraction
 of a frame. Its sign: a positive offset N means the lips move N frames AFTER the sound (the video
 lags its audio; the opening at frame t follows the loudness at t - N). Preprocessing stores it as
-`state["preprocessing"]["av_offset"] = {"frames": N, "source": "lips", "corr": r, "subframe": x}`.
+`state["preprocessing"]["av_offset"] = {"frames": N, "source": "lips", "corr": r, "subframe": x,
+"segments": [...], "spread": s}`: the same per 30 s (`offset_segments`), and how far those differ —
+a recording whose clocks drift has no single offset.
 
 The offset of a long recording need not be one number: a video joined from clips whose audio and
 video tracks differ by a few milliseconds each drifts (grid_s1_5min.mp4: from 1 frame at the start to
@@ -48,6 +50,8 @@ MAX_OFFSET = 8  # the A/V offset search, frames either way
 DETREND_FRAMES = 25  # drift slower than a second is not lip motion
 SPEECH_MARGIN_FRAMES = 4  # frames around the speech that still count (the lips open before the sound)
 MIN_OFFSET_FRAMES = 50  # fewer speech frames than this give no offset
+SEGMENT_FRAMES = 750  # the offset is also measured per 30 s: recordings drift (grid_s1_5min: +1 → +5 frames)
+MIN_SEGMENT_CORR = 0.1  # segments whose peak is weaker say nothing about the drift
 MIN_FRAMES = 100  # 4 s at 25 fps: on shorter clips a few syllables decide both numbers, so no verdict
 DRIFT_WINDOW_FRAMES = 500  # 20 s: long enough for a stable peak, short enough to follow a drift
 DRIFT_STEP_FRAMES = 125
@@ -198,6 +202,32 @@ def check_dataset(layout: DatasetLayout, frames: int, fps: float) -> dict[str, A
     return check_signals(apertures, media.load_audio(layout.audio_wav, SAMPLE_RATE), fps)
 
 
+def offset_segments(apertures: np.ndarray, loudness: np.ndarray, speech: np.ndarray | None = None,
+                    frames: int = SEGMENT_FRAMES) -> list[dict[str, Any]]:
+    """estimate_av_offset per stretch of about `frames` ({"start", "end", "subframe", "corr"}; none under 2 stretches).
+
+    A recording whose sound and picture clocks differ drifts: its offset grows along the video, and
+    one number cannot describe it (the last 30 s of grid_s1_5min sit 4 frames later than its start).
+    """
+    n = min(len(apertures), len(loudness))
+    if n < 2 * frames:
+        return []
+    out = []
+    bounds = np.linspace(0, n, int(round(n / frames)) + 1).astype(int)  # equal stretches of about `frames`
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        r = estimate_av_offset(apertures[start:end], loudness[start:end],
+                               None if speech is None else np.asarray(speech)[start:end])
+        if r is not None:
+            out.append({"start": int(start), "end": int(end), "subframe": r["subframe"], "corr": r["corr"]})
+    return out
+
+
+def offset_spread(segments: list[dict[str, Any]]) -> float | None:
+    """Largest minus smallest segment offset among the segments with a clear peak (None with fewer than 2)."""
+    clear = [s["subframe"] for s in segments if s["corr"] >= MIN_SEGMENT_CORR]
+    return round(max(clear) - min(clear), 3) if len(clear) >= 2 else None
+
+
 def check_signals(apertures: np.ndarray, audio: np.ndarray, fps: float,
                   sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
     """lip_activity of mouth openings and their 16 kHz audio, plus `av_offset` (None when unmeasurable)."""
@@ -208,12 +238,14 @@ def check_signals(apertures: np.ndarray, audio: np.ndarray, fps: float,
     speech = voice_activity(audio, len(apertures), sample_rate, int(round(fps)))
     offset = estimate_av_offset(apertures, loudness, speech)
     if offset is not None:
+        segments = offset_segments(apertures, loudness, speech)
+        offset = {"source": "lips", **offset, "segments": segments, "spread": offset_spread(segments)}
         drift = estimate_av_drift(apertures, loudness, speech, fps)
         if drift is not None:
             # the summary number is the fitted offset at the middle of the clip
             offset["frames"] = int(round(drift["start_frames"] + drift["drift_per_minute"] / (fps * 60) * len(apertures) / 2))
             offset.update(drift)
-    result["av_offset"] = None if offset is None else {"source": "lips", **offset}
+    result["av_offset"] = offset
     return result
 
 

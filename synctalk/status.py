@@ -33,9 +33,12 @@ def _av_offset_mark(pre: dict) -> tuple[str, str]:
     if not isinstance(off, dict) or "frames" not in off:
         return "[dim]–[/]", "not measured (too little speech)"
     n = int(off["frames"])
-    when = "in sync" if n == 0 else (f"lips {n} frames after the sound" if n > 0 else f"lips {-n} frames before the sound")
+    when = ("in sync" if n == 0 else f"lips {n} frames after the sound" if n > 0
+            else f"lips {-n} frames before the sound")
+    spread = off.get("spread")
+    drift = f"; drifts by {spread:.1f} frames along the video" if spread is not None and spread >= 2 else ""
     return ("[green]0[/]" if n == 0 else f"[yellow]{n:+d}[/]"), (
-        f"{n:+d} frames ({when}), from the {off.get('source', '?')}, r={off.get('corr')}")
+        f"{n:+d} frames ({when}), from the {off.get('source', '?')}, r={off.get('corr')}{drift}")
 
 
 def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[list[tuple[str, str, str]], str]:

@@ -140,11 +140,11 @@ def syn_landmarks(levels: np.ndarray) -> np.ndarray:
     return pts
 
 
-def synthetic_person(tmp_path_factory: pytest.TempPathFactory, name: str = "syn", seconds: float = 8.0,
+def synthetic_person(tmp_path_factory: pytest.TempPathFactory, name: str = "syn", seconds: float = 6.0,
                      seed: int = 0) -> SimpleNamespace:
     """A person preprocessed by the real frame/audio/feature steps from a synthetic MP4 whose mouth is
     known; landmarks and crop boxes are written from the known geometry (no face to detect). Made
-    once per test session, with a second recording of 6 s (`reference`, its levels `reference_levels`)."""
+    once per test session, with a second recording of 4 s (`reference`, its levels `reference_levels`)."""
     if name in _CACHE:
         return _CACHE[name]
     root = tmp_path_factory.mktemp("synthetic")
@@ -174,7 +174,7 @@ def synthetic_person(tmp_path_factory: pytest.TempPathFactory, name: str = "syn"
     TrainingState(layout.state_file).update(PREPROCESSING, landmarks_done=True, landmarker="dlib",
                                             landmark_count=res.frame_count, crop_boxes_done=True)
     reference = root / "reference.mp4"
-    reference_levels = syn_video(reference, 6.0, seed + 5)
+    reference_levels = syn_video(reference, 4.0, seed + 5)
     _CACHE[name] = SimpleNamespace(root=root, dataset_dir=dataset_dir, layout=layout, name=name,
                                    frames=res.frame_count, video=video, levels=levels, reference=reference,
                                    reference_levels=reference_levels)

@@ -117,6 +117,11 @@ def test_eval_without_a_model_is_a_clear_error(person, capsys):
                str(person.root / "nowhere"), "--device", "cpu", "--no_progress"])
     assert rc == 1
     assert "no trained model" in capsys.readouterr().err
+    rc = main(["eval", "--name", NAME, "--dataset_dir", str(person.dataset_dir), "--checkpoint_dir",
+               str(person.checkpoint_dir), "--device", "cpu", "--reference_video", str(person.root / "none.mp4"),
+               "--no_progress"])
+    assert rc == 1
+    assert "reference video not found" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- lag profile, silence, cross-sentence
@@ -193,7 +198,7 @@ def test_eval_peaks_at_lag_0_on_the_tail_and_on_another_recording(syn):
             assert res.frames[0] == syn.frames // 2
         else:
             assert res.info["mode"] == "reference" and m["psnr_mouth"] is None and m["ssim_mouth"] is None
-            assert len(res.frames) == 150 and res.info["reference_av_offset"]["frames"] == 0
+            assert len(res.frames) == 100 and res.info["reference_av_offset"]["frames"] == 0
     late = evaluate(syn.name, dataset_dir=syn.dataset_dir, generator=oracle_generator(syn.layout, 36), meter=meter,
                     val_fraction=0.5, progress=False)
     assert late.metrics["lag_peak"] == -1

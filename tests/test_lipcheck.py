@@ -102,6 +102,26 @@ def test_av_offset_sign_range_and_subframe_on_made_up_signals() -> None:
     assert lipcheck.estimate_av_offset(loud[:40], loud[:40]) is None  # too few frames to say
 
 
+def test_a_drifting_offset_shows_in_the_segments() -> None:
+    """Lips that slide from 1 to 5 frames behind the sound over 100 s: one offset cannot say it, the 30 s
+    segments do, and status says the video drifts."""
+    from synctalk.status import _av_offset_mark
+
+    rng = np.random.default_rng(3)
+    n = 2500
+    loud = np.convolve(rng.standard_normal(n + 20), np.ones(4) / 4, mode="same")[:n]
+    lag = np.linspace(1, 5, n)
+    t = np.arange(n)
+    lips = np.interp(t - lag, t, loud) + 0.1 * rng.standard_normal(n)
+    segs = lipcheck.offset_segments(lips, loud)
+    assert len(segs) == 3 and segs[0]["start"] == 0 and segs[-1]["end"] == n
+    assert segs[0]["subframe"] < 2.5 and segs[-1]["subframe"] > 3.5
+    assert lipcheck.offset_spread(segs) >= 2
+    assert lipcheck.offset_segments(lips[:1000], loud[:1000]) == []  # under a minute: one number only
+    mark, detail = _av_offset_mark({"av_offset": {"frames": 3, "source": "lips", "corr": 0.5, "spread": 2.6}})
+    assert "+3" in mark and "drifts by 2.6 frames" in detail
+
+
 def test_check_signals_reports_the_offset_of_a_clip_whose_mouth_is_known(tmp_path_factory) -> None:
     """The synthetic clip (mouth brightness = loudness at each frame's instant), through the real
     frame/audio extraction: its A/V offset is 0, from the stored landmarks and aud.wav."""

@@ -15,6 +15,8 @@ _DESCRIPTIONS = {
     "lag_peak_corr": ("correlation at that lag", "higher; near sync_corr"),
     "sync_corr_shifted": ("same with audio 1 s off (control)", "must be clearly below sync"),
     "sync_margin": ("sync − control", "higher"),
+    "lag_peak_vs_audio": ("lag of the generated mouth vs its audio (lag_peak + the recording's A/V offset)", "0"),
+    "sync_corr_vs_audio": ("correlation with the real mouth moved onto its audio", "higher"),
     "psnr_mouth": ("PSNR of the mouth region (dB)", "higher"),
     "ssim_mouth": ("SSIM of the mouth region", "higher; 1 is identical"),
     "jitter_ratio": ("mouth landmark jitter, generated ÷ real", "near 1; above is shakier"),
@@ -60,8 +62,7 @@ def print_table(result: EvalResult) -> None:
         if off:
             console.print(f"A/V offset of {what} (lips vs sound, +N = lips N frames late): {off.get('frames'):+d} "
                           f"(r={off.get('corr')})")
-    if result.info.get("lag_peak_vs_audio") is not None:
-        console.print(f"generated mouth vs its audio: peak at {result.info['lag_peak_vs_audio']:+d} frames")
+
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset_dir", default="dataset", type=Path)
     p.add_argument("--checkpoint_dir", default="checkpoint", type=Path)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
-    p.add_argument("--models_dir", default=None, type=Path, help="where the face detector's weights are looked for")
+    p.add_argument("--models_dir", default=None, type=Path, help="where model weights (face detector, landmarker, audio model) are looked for first")
     p.add_argument("--detector", default="auto", choices=("auto", "scrfd", "dlib"),
                    help="face detector that finds the mouths (auto: scrfd when its file is found, else dlib)")
     p.add_argument("--batch_size", type=int, default=16)

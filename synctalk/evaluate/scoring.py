@@ -34,7 +34,8 @@ from .metrics import (laplacian_variance, mouth_patch, mouth_region, psnr, ratio
 SHIFT_FRAMES = 25  # the control: audio one second away
 MIN_FRAMES = 5  # the fewest frames the temporal metrics mean anything on
 
-METRIC_KEYS = ("sync_corr", "lag_peak", "lag_peak_corr", "sync_corr_shifted", "sync_margin", "psnr_mouth",
+METRIC_KEYS = ("sync_corr", "lag_peak", "lag_peak_corr", "sync_corr_shifted", "sync_margin", "lag_peak_vs_audio",
+               "sync_corr_vs_audio", "psnr_mouth",
                "ssim_mouth", "jitter_ratio", "sharpness_ratio", "opening_range_ratio", "mean_opening_ratio",
                "silence_opening_generated", "silence_opening_real", "silence_opening_gap", "silence_jitter_ratio")
 
@@ -154,6 +155,8 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
 
     layout = dataset_layout(dataset_dir, name)
     boxes = load_boxes(layout)
+    if reference_video is not None and not Path(reference_video).is_file():
+        raise SyncTalkError(f"reference video not found: {reference_video}")
     pre = TrainingState(layout.state_file).section(PREPROCESSING) if layout.state_file.exists() else {}
     kind = landmarker or pre.get("landmarker") or "dlib"
     ckpt_path, ckpt = None, {}
@@ -190,10 +193,13 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
     metrics["psnr_mouth"] = (float(np.mean(finite_psnr)) if finite_psnr else float("inf")) if series.psnr else None
     metrics["ssim_mouth"] = float(np.mean(series.ssim)) if series.ssim else None
     metrics["sharpness_ratio"] = ratio(float(np.mean(series.sharp_gen)), float(np.mean(series.sharp_real)))
-    ref_offset = info.get("reference_av_offset") or (info.get("dataset_av_offset") if reference_video is None else None)
-    if metrics.get("lag_peak") is not None and ref_offset:
-        # the real mouth lags its own audio by the recording's offset; the generated one lags the audio by both
-        info["lag_peak_vs_audio"] = int(metrics["lag_peak"]) + int(ref_offset.get("frames", 0))
+    # the real mouth lags its own audio by its recording's offset R (+R: lips after the sound), so the
+    # generated mouth lags the audio by lag_peak + R, and lines up with the audio where the profile is at -R
+    ref_offset = info.get("reference_av_offset") if reference_video is not None else info.get("dataset_av_offset")
+    r = int(ref_offset["frames"]) if isinstance(ref_offset, dict) and "frames" in ref_offset else None
+    metrics["lag_peak_vs_audio"] = (int(metrics["lag_peak"]) + r) if r is not None and metrics["lag_peak"] is not None \
+        else None
+    metrics["sync_corr_vs_audio"] = profile.get(-r) if r is not None else None
     out_series = {"aperture_real": ap["real"].tolist(), "aperture_generated": ap["gen"].tolist(),
                   "aperture_shifted": ap["shift"].tolist(), "speech": [bool(s) for s in speech],
                   "psnr_mouth": series.psnr, "ssim_mouth": series.ssim}
@@ -203,6 +209,12 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
 
 def _shifted_rows(rows: np.ndarray, shift: int, n: int) -> np.ndarray:
     return (np.asarray(rows) - int(shift)) % n
+
+
+def fit_length(audio: np.ndarray, count: int) -> np.ndarray:
+    """The audio cut or padded with silence to exactly `count` frames."""
+    n = count * (SAMPLE_RATE // FPS)
+    return audio[:n] if audio.size >= n else np.concatenate([audio, np.zeros(n - audio.size, audio.dtype)])
 
 
 def _score_tail(layout: Any, boxes: np.ndarray, gen: Any, meter: Any, batch_size: int, vf: float, shift: int,
@@ -281,8 +293,8 @@ def _score_reference(layout: Any, boxes: np.ndarray, gen: Any, meter: Any, batch
 
     from .. import lipcheck
     from ..audio.features import frames_for_duration
-    from ..render import frame_plan, load_speech, pingpong_indices, render_chunks, speech_features, voice_activity
-    from ..render.pipeline import own_features, silence_plan_inputs
+    from ..render import load_speech, pingpong_indices, render_chunks, speech_features, voice_activity
+    from ..render.pipeline import own_features, silence_plan_inputs, speech_plan
 
     audio = load_speech(ref)
     count = frames_for_duration(audio.size / SAMPLE_RATE, FPS)
@@ -295,9 +307,10 @@ def _score_reference(layout: Any, boxes: np.ndarray, gen: Any, meter: Any, batch
     active = voice_activity(audio, count)
     rows_shift = _shifted_rows(rows, shift, count)
     candidates = silence_plan_inputs(layout, gen, n_src) if silence else None
-    plan = frame_plan(sources, rows, active=active if silence else None, candidates=candidates)
-    plan_shift = frame_plan(sources, rows_shift, active=active[rows_shift] if silence else None,
-                            candidates=candidates)
+    plan = speech_plan(layout, gen, audio, sources, rows, silence, candidates)
+    # the control hears the speech `shift` frames later all through: its features and its pauses
+    moved = np.roll(fit_length(audio, count), int(shift) * (SAMPLE_RATE // FPS))
+    plan_shift = speech_plan(layout, gen, moved, sources, rows_shift, silence, candidates)
     rest_feats = own_features(layout, gen, n_src) if (plan.rest.any() or plan_shift.rest.any()) else None
     s = _Series()
     real_iter = _reference_frames(ref)

@@ -57,8 +57,9 @@ class FramePlan:
 
 def frame_plan(sources: np.ndarray, rows: np.ndarray, *, active: np.ndarray | None = None,
                candidates: np.ndarray | None = None, edge_weights: np.ndarray | None = None) -> FramePlan:
-    """A plan: with voice activity and resting candidates, pauses get the resting mouth; otherwise the
-    speech mouth everywhere, times `edge_weights` (the real frame where that is 0)."""
+    """A plan: with voice activity and resting candidates, pauses get the resting mouth; otherwise (no
+    resting frame known, or silence handling off) the speech mouth everywhere, times `edge_weights`
+    (the real frame where that is 0)."""
     sources = np.asarray(sources, np.int64)
     rows = np.asarray(rows, np.int64)
     count = len(sources)
@@ -171,6 +172,19 @@ def silence_plan_inputs(layout: DatasetLayout, gen: Generator, n_src: int) -> np
     return dataset_resting_frames(layout, n_src, gen.spec.left, gen.spec.window - gen.spec.left)
 
 
+def speech_plan(layout: DatasetLayout, gen: Generator, audio: np.ndarray, sources: np.ndarray, rows: np.ndarray,
+                silence: bool = True, candidates: np.ndarray | None = None) -> FramePlan:
+    """The plan `synctalk infer` renders new speech with (rows[k] ↔ output frame k of `audio`):
+    resting mouths in its pauses, or with `silence` off the real frames in its silent start and end."""
+    count = len(sources)
+    edges = generation_weights(audio, count, SAMPLE_RATE)
+    if not silence:
+        return frame_plan(sources, rows, edge_weights=edges)
+    if candidates is None:
+        candidates = silence_plan_inputs(layout, gen, len(load_boxes(layout)))
+    return frame_plan(sources, rows, active=voice_activity(audio, count), candidates=candidates, edge_weights=edges)
+
+
 def own_features(layout: DatasetLayout, gen: Generator, n: int) -> Any:
     """The person's own feature rows (for resting windows) on the generator's device."""
     import torch
@@ -250,14 +264,8 @@ def render(name: str, audio_path: str | Path, output: str | Path | None = None, 
     feats_t = speech_features(gen.asr, audio, count, dev, models_dir, progress)
     sources = pingpong_indices(count, n_src, start_frame, loop_back)
     rows = np.arange(count)
-    rest_feats = None
-    if silence:
-        plan = frame_plan(sources, rows, active=voice_activity(audio, count),
-                          candidates=silence_plan_inputs(layout, gen, n_src))
-        if plan.rest.any():
-            rest_feats = own_features(layout, gen, n_src)
-    else:
-        plan = frame_plan(sources, rows, edge_weights=generation_weights(audio, count, SAMPLE_RATE))
+    plan = speech_plan(layout, gen, audio, sources, rows, silence)
+    rest_feats = own_features(layout, gen, n_src) if plan.rest.any() else None
     h, w = cv2_shape(layout.frame_path(0))
 
     bar = tqdm(total=count, desc=f"render {name}", unit="frame", disable=not progress)

@@ -103,7 +103,8 @@ def voice_activity(audio: np.ndarray, count: int, sample_rate: int = SAMPLE_RATE
 
     The threshold sits VAD_NOISE_FRACTION of the way (in dB) from the noise floor (10th percentile of
     the frame levels) up to the speech level (95th percentile), never under -55 dBFS nor more than
-    SILENCE_REL_DB under the speech level; gaps of up to VAD_BRIDGE_FRAMES inside speech are bridged, loud blips of VAD_BLIP_FRAMES dropped.
+    SILENCE_REL_DB under the speech level; gaps of up to VAD_BRIDGE_FRAMES inside speech are bridged,
+    loud blips of VAD_BLIP_FRAMES dropped.
     """
     rms = centred_rms(np.asarray(audio, np.float32).reshape(-1), count, sample_rate, fps)
     if count == 0:

@@ -5,3 +5,7 @@ SAMPLE_RATE = 16000  # audio is 16 kHz mono everywhere after extraction
 CROP_SIZE = 328  # the crop cache's resolution
 BORDER = 4  # the networks see crop[BORDER:CROP_SIZE-BORDER] on both axes
 INNER = CROP_SIZE - 2 * BORDER  # 320
+# where the mouth lies in the networks' inner crop (x0, y0, x1, y1, end exclusive): the crop runs from
+# the nose to below the chin, so the lips sit in rows ~70-190 (dlib landmarks of the fixture videos);
+# the mouth metrics of `synctalk eval` are taken here, not over the chin and neck below it
+MOUTH_BOX = (64, 64, 256, 224)

@@ -37,6 +37,12 @@ def _av_offset_mark(pre: dict) -> tuple[str, str]:
             else f"lips {-n} frames before the sound")
     spread = off.get("spread")
     drift = f"; drifts by {spread:.1f} frames along the video" if spread is not None and spread >= 2 else ""
+    if off.get("drift_per_minute") is not None and pre.get("frame_count"):
+        from .lipcheck import per_frame_offsets
+
+        per = per_frame_offsets(off, int(pre["frame_count"]))
+        drift = (f"; drifts {off['drift_per_minute']:+.2f} frames a minute, {int(per[0]):+d} at the start and "
+                 f"{int(per[-1]):+d} at the end (training follows it)")
     return ("[green]0[/]" if n == 0 else f"[yellow]{n:+d}[/]"), (
         f"{n:+d} frames ({when}), from the {off.get('source', '?')}, r={off.get('corr')}{drift}")
 
@@ -73,9 +79,9 @@ def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[lis
     if not pre.get("completed"):
         nxt = f"synctalk preprocess --video_path {layout.video} --name {name}"
     elif not syn.get("completed"):
-        nxt = f"python scripts/train_328.py --name {name} --train_syncnet"
+        nxt = f"synctalk train-syncnet --name {name}"
     elif not main.get("completed"):
-        nxt = f"python scripts/train_328.py --name {name}" + (" --continue_training" if ckpt.latest(ckpt.unet_dir).exists() else "")
+        nxt = f"synctalk train-unet --name {name}" + (" --continue_training" if ckpt.latest(ckpt.unet_dir).exists() else "")
     else:
         nxt = f"synctalk infer --name {name} --audio_path speech.wav"
     return rows, nxt

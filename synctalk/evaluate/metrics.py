@@ -7,14 +7,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..constants import BORDER, INNER
+from ..constants import BORDER, MOUTH_BOX
 
 LAG_FRAMES = 5  # the lag profile spans −5…+5 frames
 
 
 def mouth_region(crop328: np.ndarray) -> np.ndarray:
-    """The lower half of the network's inner 320 crop (where the mouth is redrawn) of a 328 crop."""
-    return crop328[BORDER + INNER // 2:BORDER + INNER, BORDER:BORDER + INNER]
+    """The mouth box (constants.MOUTH_BOX, in the inner 320) of a 328 crop."""
+    x0, y0, x1, y1 = MOUTH_BOX
+    return crop328[BORDER + y0:BORDER + y1, BORDER + x0:BORDER + x1]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

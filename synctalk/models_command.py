@@ -35,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     names = [*MANIFEST, *HF_MODELS] if args.name == "all" else [args.name]
     for name in names:
-        if name in HF_MODELS:
+        if name == "whisper":
+            from .audio.whisper import download_whisper
+
+            where = download_whisper(models_dir, progress=not args.no_progress)
+        elif name in HF_MODELS:
             where = download_hubert(models_dir, progress=not args.no_progress)
         else:
             where = download(name, models_dir, progress=not args.no_progress)
@@ -64,8 +68,10 @@ def model_rows(models_dir: "str | os.PathLike | None" = None) -> list[tuple[str,
         else:
             rows.append((name, False, f"{search_dirs(models_dir)[0] / entry.filename} (download goes here)",
                          _human(entry.size)))
+    from .audio.whisper import whisper_location
+
     for name in HF_MODELS:
-        where, present = hubert_location(models_dir)
+        where, present = whisper_location(models_dir=models_dir) if name == "whisper" else hubert_location(models_dir)
         rows.append((name, present, where, _human(_dir_size(Path(where))) if present else "?"))
     return rows
 

@@ -125,7 +125,7 @@ MANIFEST: dict[str, ModelFile] = {
 }
 
 # Hugging Face models: fetched through transformers, listed and downloaded by name here too
-HF_MODELS = {"hubert": "facebook/hubert-large-ls960-ft"}
+HF_MODELS = {"hubert": "facebook/hubert-large-ls960-ft", "whisper": "openai/whisper-tiny"}
 
 
 def user_cache_dir() -> Path:

@@ -314,3 +314,28 @@ def test_128_bin_model_without_preprocessor_config(tmp_path, speech):
     assert enc.n_mels == 128 and enc.mel_filters.shape == (201, 128)
     feats = compute_features("whisper", speech[: 2 * SR], 25, whisper_model=str(dest), progress=False)
     assert feats.shape == (25, 2, 16) and np.isfinite(feats).all()
+
+
+def test_a_dataset_of_any_whisper_width_trains_and_renders_with_networks_of_that_width(tmp_path) -> None:
+    """Features (N, 2, 24): the data, the UNet and the SyncNet all take their width from the file."""
+    import numpy as np
+    import torch
+
+    from synctalk.data import FrameData, feature_audio_dim
+    from synctalk.layout import dataset_layout
+    from unet_328 import SyncNet, build_unet
+
+    layout = dataset_layout(tmp_path, "w")
+    layout.root.mkdir(parents=True)
+    feats = np.random.default_rng(0).standard_normal((12, 2, 24)).astype(np.float32)
+    np.save(layout.features("whisper"), feats)
+    dim = feature_audio_dim(layout, "whisper")
+    assert dim == 24 and feature_audio_dim(layout, "mel") is None
+    data = FrameData(torch.zeros(12, 320, 320, 3, dtype=torch.uint8), feats, "whisper")
+    audio = data.audio(torch.tensor([0, 5, 11]))
+    unet = build_unet("whisper", "tiny", dim).eval()
+    assert unet.config["audio_dim"] == 24
+    with torch.no_grad():
+        out = unet(torch.zeros(3, 6, 320, 320), audio)
+        a, f = SyncNet("whisper", "tiny", audio_dim=dim).eval()(torch.zeros(3, 3, 320, 320), audio)
+    assert out.shape == (3, 3, 320, 320) and a.shape == f.shape == (3, 512)

@@ -22,12 +22,12 @@ from __future__ import annotations
 from ..constants import BORDER, INNER
 from .augment import SyncNetAugment
 from .cache import build_crop_cache, check_preprocessed, load_crop_cache
-from .features import load_features, resolve_asr
+from .features import feature_audio_dim, load_features, resolve_asr
 from .frames import DEFAULT_MASK, Batch, FrameData, load_frame_data, parse_mask
 from .samples import (MIN_NEGATIVE_OFFSET, NEAR_NEGATIVE_OFFSETS, add_hard_negatives, far_indices, frame_groups,
                       near_indices, reference_indices, split_indices, syncnet_pairs)
 
 __all__ = ["BORDER", "DEFAULT_MASK", "INNER", "MIN_NEGATIVE_OFFSET", "NEAR_NEGATIVE_OFFSETS", "Batch", "FrameData",
            "SyncNetAugment", "add_hard_negatives", "build_crop_cache", "check_preprocessed", "far_indices",
-           "frame_groups", "load_crop_cache", "load_features", "load_frame_data", "near_indices", "parse_mask",
+           "feature_audio_dim", "frame_groups", "load_crop_cache", "load_features", "load_frame_data", "near_indices", "parse_mask",
            "reference_indices", "resolve_asr", "split_indices", "syncnet_pairs"]

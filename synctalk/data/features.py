@@ -21,8 +21,7 @@ def load_features(layout: DatasetLayout, asr: str) -> np.ndarray:
             f"(or python scripts/preprocess_data.py with the same flags)"
         )
     feats = np.load(path).astype(np.float32, copy=False)
-    if tuple(feats.shape[1:]) != tuple(spec.frame_shape):
-        raise SyncTalkError(f"{path} has rows of shape {feats.shape[1:]}, expected {spec.frame_shape} for {asr!r}")
+    spec.for_rows(tuple(feats.shape[1:]), str(path))  # whisper: any width; the others: exactly theirs
     return feats
 
 
@@ -51,3 +50,12 @@ def resolve_asr(layout: DatasetLayout, asr: str | None) -> str:
             f"`synctalk preprocess --video_path {layout.video} --name {layout.name} --asr_model ave` (or mel, hubert, wenet)"
         )
     raise SyncTalkError(f"{layout.name} has features for {', '.join(present)}: choose one with --asr")
+
+
+def feature_audio_dim(layout: DatasetLayout, asr: str) -> "int | None":
+    """The `audio_dim` the networks take for the dataset's `asr` features (None: a fixed-width model)."""
+    from ..audio.registry import get_spec, network_audio_dim
+
+    if not get_spec(asr).free_dim:
+        return None
+    return network_audio_dim(asr, tuple(np.load(layout.features(asr), mmap_mode="r").shape[1:]))

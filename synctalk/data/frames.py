@@ -59,7 +59,7 @@ class FrameData:
 
         from ..audio.registry import get_spec
 
-        self.spec = get_spec(asr)
+        self.spec = get_spec(asr).for_rows(tuple(features.shape[1:]))
         self.asr = asr
         self.device = torch.device(device)
         self.channels_last = channels_last

@@ -301,7 +301,7 @@ def _score_reference(layout: Any, boxes: np.ndarray, gen: Any, meter: Any, batch
     if count < MIN_FRAMES:
         raise SyncTalkError(f"reference video {ref} is too short to score ({count} frames)")
     n_src = len(boxes)
-    feats_t = speech_features(gen.asr, audio, count, gen.device, models_dir, progress)
+    feats_t = speech_features(gen.asr, audio, count, gen.device, models_dir, progress, layout)
     sources = pingpong_indices(count, n_src, start_frame)
     rows = np.arange(count)
     active = voice_activity(audio, count)

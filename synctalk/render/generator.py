@@ -87,7 +87,7 @@ def load_generator(path: str | Path, device: Any, *, asr: str | None = None,
                 f"(pass the right --checkpoint, or preprocess {layout.name} with --asr_model {have})"
             )
     width = config.get("width", "full")
-    model = build_unet(have, width)
+    model = build_unet(have, width, config.get("audio_dim"))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
@@ -132,7 +132,7 @@ class Generator:
         self.model = model
         self.device = device
         self.asr = ckpt.get("asr") or (ckpt.get("config") or {}).get("asr")
-        self.spec = get_spec(self.asr)
+        self.spec = get_spec(self.asr, feature_dim=(ckpt.get("config") or {}).get("audio_dim"))
         self.mask = parse_mask((ckpt.get("config") or {}).get("mask"))
         self.bf16 = bool(bf16) and device.type == "cuda"
         # on a GPU every new input shape costs kernel selection (seconds with cuDNN); a short last

@@ -155,13 +155,19 @@ def _col(w: np.ndarray, device: Any) -> Any:
 
 
 def speech_features(asr: str, audio: np.ndarray, count: int, device: Any, models_dir: str | Path | None = None,
-                    progress: bool = True) -> Any:
-    """Feature rows of new speech on `device` (row k ↔ output frame k), as training's features were made."""
+                    progress: bool = True, layout: DatasetLayout | None = None) -> Any:
+    """Feature rows of new speech on `device` (row k ↔ output frame k), as training's features were made
+    (for whisper: by the model that made the person's, as preprocessing recorded it)."""
     import torch
 
     from ..audio.features import compute_features
+    from ..state import PREPROCESSING, TrainingState
 
-    feats = compute_features(asr, audio, count, models_dir=models_dir, device=str(device), progress=progress)
+    whisper_model = None
+    if asr == "whisper" and layout is not None and layout.state_file.exists():
+        whisper_model = TrainingState(layout.state_file).section(PREPROCESSING).get("whisper_model")
+    feats = compute_features(asr, audio, count, models_dir=models_dir, device=str(device), progress=progress,
+                             whisper_model=whisper_model)
     return torch.from_numpy(feats).to(device)
 
 
@@ -261,7 +267,7 @@ def render(name: str, audio_path: str | Path, output: str | Path | None = None, 
     remove_stale_temps(out_path.parent)  # what a killed render left there (a live writer's file is kept)
     if progress:
         print(f"{name}: {audio.size / SAMPLE_RATE:.2f} s of speech → {count} frames with {what} on {dev}")
-    feats_t = speech_features(gen.asr, audio, count, dev, models_dir, progress)
+    feats_t = speech_features(gen.asr, audio, count, dev, models_dir, progress, layout)
     sources = pingpong_indices(count, n_src, start_frame, loop_back)
     rows = np.arange(count)
     plan = speech_plan(layout, gen, audio, sources, rows, silence)

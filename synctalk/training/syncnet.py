@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from unet_328 import SyncNet
 
-from ..data import (FrameData, SyncNetAugment, add_hard_negatives, far_indices, load_frame_data, split_indices,
-                    syncnet_pairs)
+from ..data import (FrameData, SyncNetAugment, add_hard_negatives, far_indices, feature_audio_dim, load_frame_data,
+                    split_indices, syncnet_pairs)
 from ..errors import SyncTalkError
 from ..layout import DatasetLayout
 from ..state import PREPROCESSING, SYNCNET, TrainingState
@@ -201,7 +201,8 @@ def network_options(config: dict[str, Any]) -> dict[str, Any]:
     """SyncNet constructor options from a checkpoint's config; files without them are of the first layout
     (the lower half of the crop, the whole audio window, one frame)."""
     return {"width": config.get("width", "full"), "face_rows": tuple(config.get("face_rows", (0.5, 1.0))),
-            "audio_context": int(config.get("audio_context", 0)), "face_frames": int(config.get("face_frames", 1))}
+            "audio_context": int(config.get("audio_context", 0)), "face_frames": int(config.get("face_frames", 1)),
+            "audio_dim": config.get("audio_dim")}
 
 
 def syncnet_status(layout: DatasetLayout) -> dict[str, Any]:
@@ -258,7 +259,8 @@ class SyncNetTask(Task):
         pairs = cfg.pairs_per_epoch
         if pairs is None:
             pairs = PAIRS_PER_EPOCH["cuda" if device.type == "cuda" else "cpu"]
-        return cls(SyncNet(asr, **options), data, train_idx, val_idx, pairs_per_epoch=pairs,
+        network = SyncNet(asr, **{"audio_dim": feature_audio_dim(layout, asr), **options})
+        return cls(network, data, train_idx, val_idx, pairs_per_epoch=pairs,
                    hard_negatives=cfg.hard_negatives, augment=cfg.augment, objective=cfg.objective,
                    device=device, speed=speed, dist=dist,
                    seed=cfg.seed, sync_bn=cfg.sync_bn, resume=resume,

@@ -22,8 +22,8 @@ from unet_328 import build_unet
 from unet_328.discriminator import AUTO_WIDTH
 
 from ..constants import CROP_SIZE, INNER
-from ..data import (DEFAULT_MASK, Batch, FrameData, frame_groups, load_frame_data, parse_mask, reference_indices,
-                    split_indices)
+from ..data import (DEFAULT_MASK, Batch, FrameData, feature_audio_dim, frame_groups, load_frame_data, parse_mask,
+                    reference_indices, split_indices)
 from ..errors import SyncTalkError
 from ..fileio import write_bytes_atomic
 from ..layout import DatasetLayout
@@ -313,7 +313,8 @@ class UNetTask(Task):
                                    progress=cfg.progress and dist.is_main, on_device=speed.cache_on_device,
                                    av_offset=av_offset)
         train_idx, val_idx = split_indices(len(data), cfg.val_fraction)
-        unet = build_unet(asr, cfg.width)  # before the critic: the UNet's initial weights stay those of an L1 run
+        # before the critic: the UNet's initial weights stay those of an L1 run
+        unet = build_unet(asr, cfg.width, feature_audio_dim(layout, asr))
         adversary = build_adversary(
             weight=cfg.adversarial_weight, start_epoch=cfg.adversarial_start_epoch, lr=cfg.disc_lr,
             width=AUTO_WIDTH.get(cfg.width or "full", "mobile") if cfg.disc_width == "auto" else cfg.disc_width,
@@ -398,7 +399,8 @@ class UNetTask(Task):
 
     def network_config(self) -> dict[str, Any]:
         """What rebuilds the UNet (asr, width, mask) and the run's numbers."""
-        return {"asr": self.data.asr, "width": self.run_numbers.get("width", "full"), "mask": list(self.mask),
+        return {"asr": self.data.asr, "width": self.run_numbers.get("width", "full"),
+                **{k: v for k, v in unwrap(self.model).config.items() if k == "audio_dim"}, "mask": list(self.mask),
                 "batch_size": self.speed.batch_size, "lr": self.speed.lr, **self.run_numbers,
                 "perceptual": self.perceptual_name, "l1_weight": self.losses.l1_weight,
                 "perceptual_weight": self.losses.perceptual_weight,

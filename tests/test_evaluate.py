@@ -228,3 +228,20 @@ def test_eval_command_cross_sentence_on_a_real_recording(person, tmp_path, capsy
     assert data["mode"] == "reference" and data["reference"]["frames"] == 50
     assert data["metrics"]["psnr_mouth"] is None and data["landmarker"] == "dlib"
     assert len(data["series"]["aperture_generated"]) == 50
+
+
+def test_mouth_strip_puts_real_over_generated_mouths(tmp_path) -> None:
+    """The README's picture: one tile per frame, the reference's mouth on top of the rendered one."""
+    import cv2
+
+    from synctalk.evaluate.figure import TILE, mouth_strip
+
+    from conftest import VIDEOS
+
+    clip = VIDEOS / "clip3.mp4"
+    out = mouth_strip(clip, clip, [0, 20, 40], tmp_path / "mouths.png")
+    img = cv2.imread(str(out))
+    assert img.shape == (24 + 2 * TILE[1], 3 * TILE[0], 3)
+    # the same video twice: the two rows agree (the same mouth found the same way)
+    top, bottom = img[24:24 + TILE[1]].astype(int), img[24 + TILE[1]:].astype(int)
+    assert np.abs(top - bottom).mean() < 6.0  # two tracks of one video: within a pixel or two of each other

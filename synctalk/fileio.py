@@ -96,11 +96,22 @@ def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save atomically."""
+    """torch.save atomically; a write that fails (a full disk) is an OSError naming `path`."""
+    import errno
+    import shutil
+
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            # torch's zip writer reports a failed write as a RuntimeError, without errno or file name
+            if "writ" not in str(exc).lower():
+                raise
+            full = shutil.disk_usage(tmp.parent).free < 64 * 2**20
+            code = errno.ENOSPC if full else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def pid_alive(pid: int) -> bool:

@@ -497,3 +497,27 @@ def test_a_second_training_run_of_one_folder_is_refused_naming_the_first(tmp_pat
     assert seen["dir"] == run_dir
     with hold_lock(CheckpointLayout.lock(run_dir), "training"):  # released after the run
         pass
+
+
+def test_a_checkpoint_write_on_a_full_disk_is_a_message_naming_the_file(tmp_path, monkeypatch) -> None:
+    import errno
+    import shutil as _shutil
+
+    import torch
+
+    from synctalk.errors import os_error_message
+    from synctalk.fileio import torch_save_atomic
+
+    def failing_save(obj, f):  # what torch's zip writer raises when write() fails
+        Path(f).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(_shutil, "disk_usage", lambda p: _shutil._ntuple_diskusage(10**9, 10**9 - 10, 10))
+    target = tmp_path / "run" / "checkpoint_latest.pth"
+    with pytest.raises(OSError) as info:
+        torch_save_atomic({"x": 1}, target)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert "checkpoint_latest.pth" in os_error_message(info.value)
+    assert not target.exists() and list(target.parent.iterdir()) == []  # nothing half-written left

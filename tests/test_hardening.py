@@ -376,7 +376,7 @@ BAD_BATCH = {
     "videos_object": ({"videos": {"path": "a.mp4"}}, "\"videos\" must be a list of entries, found an object"),
     "top_list": ([{"path": "a.mp4"}], "expected an object with a \"videos\" list"),
     "name_number": ({"videos": [{"path": "a.mp4", "name": 3}]}, "videos[0].name must be a string"),
-    "bad_asr": ({"videos": [{"path": "a.mp4", "asr_model": "whisper"}]}, "videos[0].asr_model 'whisper' is not one of"),
+    "bad_asr": ({"videos": [{"path": "a.mp4", "asr_model": "wav2vec"}]}, "videos[0].asr_model 'wav2vec' is not one of"),
     "not_json": ("{videos: [", "is not valid JSON"),
 }
 

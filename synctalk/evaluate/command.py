@@ -15,7 +15,8 @@ _DESCRIPTIONS = {
     "lag_peak_corr": ("correlation at that lag", "higher; near sync_corr"),
     "sync_corr_shifted": ("same with audio 1 s off (control)", "must be clearly below sync"),
     "sync_margin": ("sync − control", "higher"),
-    "lag_peak_vs_audio": ("lag of the generated mouth vs its audio (lag_peak + the recording's A/V offset)", "0"),
+    "lag_peak_vs_audio": ("lag of the generated mouth vs its audio (lag_peak + the recording's A/V offset "
+                          "over the scored frames)", "0"),
     "sync_corr_vs_audio": ("correlation with the real mouth moved onto its audio", "higher"),
     "psnr_mouth": ("PSNR of the mouth region (dB)", "higher"),
     "ssim_mouth": ("SSIM of the mouth region", "higher; 1 is identical"),

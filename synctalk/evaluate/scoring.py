@@ -195,8 +195,15 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
     metrics["sharpness_ratio"] = ratio(float(np.mean(series.sharp_gen)), float(np.mean(series.sharp_real)))
     # the real mouth lags its own audio by its recording's offset R (+R: lips after the sound), so the
     # generated mouth lags the audio by lag_peak + R, and lines up with the audio where the profile is at -R
+    # (a recording whose offset drifts has its own offset over the scored frames: the median of its fit there)
     ref_offset = info.get("reference_av_offset") if reference_video is not None else info.get("dataset_av_offset")
-    r = int(ref_offset["frames"]) if isinstance(ref_offset, dict) and "frames" in ref_offset else None
+    r = None
+    if isinstance(ref_offset, dict) and "frames" in ref_offset and len(frames):
+        from ..lipcheck import per_frame_offsets
+
+        local = per_frame_offsets(ref_offset, int(np.max(frames)) + 1)[np.asarray(frames, dtype=np.int64)]
+        r = int(np.median(local))
+        info["scored_av_offset"] = r
     metrics["lag_peak_vs_audio"] = (int(metrics["lag_peak"]) + r) if r is not None and metrics["lag_peak"] is not None \
         else None
     metrics["sync_corr_vs_audio"] = profile.get(-r) if r is not None else None

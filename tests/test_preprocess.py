@@ -95,7 +95,7 @@ def test_status_table(clip2, capsys):
     tmp, _ = clip2
     assert main(["status", "clip2", "--dataset_dir", str(tmp / "dataset"), "--checkpoint_dir", str(tmp / "ck")]) == 0
     out = capsys.readouterr().out
-    assert "landmarks" in out and "train_syncnet" in out
+    assert "landmarks" in out and "synctalk train-syncnet --name clip2" in out
 
 
 def test_variable_fps_clip_is_converted(tmp_path):

@@ -58,12 +58,15 @@ def min_delay_ms(asr: str) -> float:
     return 1000.0 * samples / SAMPLE_RATE
 
 
-def latency_table() -> dict[str, dict[str, float]]:
-    """Per audio model: look-ahead frames, the extractor's right context and the least delay (ms)."""
-    from ..audio.registry import ASR_MODELS
+# the audio models a stream can be fed with: their features can be made from the audio heard so far
+# (whisper's encoder takes whole 30 s windows and is not made incrementally here yet)
+STREAMED_MODELS = ("mel", "ave", "wenet", "hubert")
 
+
+def latency_table() -> dict[str, dict[str, float]]:
+    """Per streamable audio model: look-ahead frames, the extractor's right context and the least delay (ms)."""
     return {a: {"lookahead_frames": lookahead_frames(a), "right_context_ms": 1000.0 * right_context_samples(a) / SAMPLE_RATE,
-                "min_delay_ms": min_delay_ms(a)} for a in ASR_MODELS}
+                "min_delay_ms": min_delay_ms(a)} for a in STREAMED_MODELS}
 
 
 class _MelRows:
@@ -237,6 +240,11 @@ class StreamFeatures:
     """
 
     def __init__(self, asr: str, *, models_dir: Any = None, device: Any = "cpu") -> None:
+        if asr not in STREAMED_MODELS:
+            from ..errors import SyncTalkError
+
+            raise SyncTalkError(f"live streaming takes avatars trained on {', '.join(STREAMED_MODELS)} features; "
+                                f"this one uses {asr!r} (render files with synctalk infer instead)")
         self.spec = get_spec(asr)
         self.asr = asr
         self._rows = _MelRows() if asr == "mel" else _SliceRows(asr, models_dir, device)

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ...errors import SyncTalkError
 from ..config import CONFIG_FILE, RunConfig, argv_of, merge_config, saved_options
@@ -137,9 +137,19 @@ def start_run(command: str, cls: type, explicit: Mapping[str, Any],
             dist.stop()
 
 
-def _run_lock(cfg: RunConfig) -> Any:
-    """The lock of the run's checkpoint folder (synctalk.locking.hold_lock)."""
+@contextlib.contextmanager
+def _run_lock(cfg: RunConfig) -> Iterator[None]:
+    """Hold the lock of the run's checkpoint folder (synctalk.locking.hold_lock); a folder made only
+    to hold it is removed again when the run wrote nothing there (a refused run leaves no trace)."""
     from ...layout import CheckpointLayout
     from ...locking import hold_lock
 
-    return hold_lock(CheckpointLayout.lock(Path(cfg.run_dir())), "training")
+    run_dir = Path(cfg.run_dir())
+    made = not run_dir.exists()
+    try:
+        with hold_lock(CheckpointLayout.lock(run_dir), "training"):
+            yield
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only when empty

@@ -124,6 +124,12 @@ MANIFEST: dict[str, ModelFile] = {
     )
 }
 
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is set offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE): a model not
+    in the cache is then missing, not something to fetch."""
+    return os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "ON") or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+
+
 # Hugging Face models: fetched through transformers, listed and downloaded by name here too
 HF_MODELS = {"hubert": "facebook/hubert-large-ls960-ft", "whisper": "openai/whisper-tiny"}
 

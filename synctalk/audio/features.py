@@ -55,10 +55,11 @@ def check_weights(asr: str, models_dir: "str | os.PathLike | None" = None, *,
         check_available(whisper_model, models_dir)
         return
     if asr == "hubert":
+        from ..weights import hub_offline
         from .hubert import _not_found, hubert_location
 
         if not hubert_location(models_dir)[1]:
-            if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "ON") or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+            if hub_offline():
                 raise _not_found(models_dir, "not in the cache and the Hugging Face hub is set offline")
         return
     from ..weights import resolve_model_file

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import SyncTalkError
-from ..weights import search_dirs
+from ..weights import hub_offline, search_dirs
 
 DEFAULT_ID = "facebook/hubert-large-ls960-ft"
 HIDDEN = 1024
@@ -87,7 +87,7 @@ def load_hubert(models_dir: "str | os.PathLike | None" = None, device: "str | ob
                 fe = Wav2Vec2FeatureExtractor.from_pretrained(DEFAULT_ID, local_files_only=True)
                 model = HubertModel.from_pretrained(DEFAULT_ID, local_files_only=True)
             except OSError:
-                if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "ON") or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+                if hub_offline():
                     raise _not_found(models_dir, "not in the cache and the Hugging Face hub is set offline") from None
                 try:
                     fe = Wav2Vec2FeatureExtractor.from_pretrained(DEFAULT_ID)

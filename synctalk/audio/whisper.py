@@ -37,6 +37,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import SyncTalkError
+from ..weights import hub_offline
 
 DEFAULT_ID = "openai/whisper-tiny"
 FOLDER = "whisper"  # <models dir>/whisper/
@@ -111,10 +112,6 @@ def locate(whisper_model: "str | os.PathLike | None" = None,
     return WhisperSource("transformers", DEFAULT_ID, False)
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "ON") or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-
-
 def _cached(model_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -147,7 +144,7 @@ def check_available(whisper_model=None, models_dir=None) -> None:
     src = locate(whisper_model, models_dir)
     if src.kind == "ctranslate2":
         _import_ct2(src.where)
-    if not src.is_folder and not _cached(src.where) and _offline():
+    if not src.is_folder and not _cached(src.where) and hub_offline():
         raise _not_found(src.where, models_dir, "not in the cache and the Hugging Face hub is set offline")
 
 
@@ -242,7 +239,7 @@ def _load_transformers(src: WhisperSource, models_dir, device) -> WhisperEncoder
             try:
                 model = WhisperModel.from_pretrained(src.where, local_files_only=True)
             except OSError:
-                if _offline():
+                if hub_offline():
                     raise _not_found(src.where, models_dir,
                                      "not in the cache and the Hugging Face hub is set offline") from None
                 try:

@@ -67,9 +67,7 @@ class FrameData:
         # i - N; one N for the video, or one per frame for a video whose offset drifts
         per_frame = np.asarray(av_offset, dtype=np.int64).reshape(-1)
         self.av_offset = int(np.median(per_frame)) if per_frame.size else 0  # the summary number
-        self._per_frame_offset = per_frame if per_frame.size > 1 and (per_frame != per_frame[0]).any() else None
-        if per_frame.size == 1:
-            self.av_offset = int(per_frame[0])
+        drifts = per_frame.size > 1 and bool((per_frame != per_frame[0]).any())
         n_crops = int(crops.shape[0])
         n_feats = int(features.shape[0])
         self.n = min(n_crops, n_feats)
@@ -84,8 +82,8 @@ class FrameData:
         feats = torch.as_tensor(np.asarray(features[: self.n], dtype=np.float32))
         self.features = feats.to(self.device)
         self._audio_rows = None  # with per-frame offsets: the audio row each frame hears
-        if self._per_frame_offset is not None:
-            off = self._per_frame_offset[: self.n]
+        if drifts:
+            off = per_frame[: self.n]
             off = np.concatenate([off, np.full(self.n - len(off), off[-1])])  # a short list holds its last value
             rows = np.clip(np.arange(self.n) - off, 0, self.n - 1)
             self._audio_rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)

@@ -231,7 +231,7 @@ def offset_spread(segments: list[dict[str, Any]]) -> float | None:
 def check_signals(apertures: np.ndarray, audio: np.ndarray, fps: float,
                   sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
     """lip_activity of mouth openings and their 16 kHz audio, plus `av_offset` (None when unmeasurable)."""
-    from .render.silence import voice_activity
+    from .audio.activity import voice_activity
 
     loudness = frame_loudness(audio, len(apertures), fps, sample_rate)
     result = lip_activity(apertures, loudness)

@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
+from ..audio.activity import SILENCE_FLOOR, SILENCE_REL_DB  # below the speech level by this much, and -55 dBFS
 from ..constants import FPS, SAMPLE_RATE
 from .features import HOP, StreamFeatures, lookahead_frames, min_delay_ms
 from .protocol import KIND_IDLE, KIND_SPEECH, pack_frame
@@ -28,8 +29,6 @@ FRAME_S = 1.0 / FPS
 # audio window already waits for: the mouth is generated from SPEECH_LEAD frames before a loud frame
 # to SPEECH_LEAD frames after it, cross-faded to the real frame over CROSSFADE_FRAMES outside that
 # (so pauses of up to 2·SPEECH_LEAD frames keep the generated mouth)
-SILENCE_REL_DB = 30.0  # below the speech level by this much
-SILENCE_FLOOR = 10 ** (-55.0 / 20.0)  # and never louder than -55 dBFS
 SPEECH_LEAD = 2  # frames the lips lead (and trail) the sound
 CROSSFADE_FRAMES = 4  # real ↔ generated over this many frames
 LEVEL_DECAY = 0.9995  # per frame: the speech level forgets a loud moment over about a minute

@@ -294,3 +294,76 @@ def test_offset_metrics_of_a_critic_that_knows_the_answer(lag: int) -> None:
         assert m["offset_acc"] == 1.0 and m["offset_acc_1"] == 1.0 and m["clip_offset"] == 0
     else:  # its best offset is +2 for every frame: wrong, not within ±1, and the clip reads +2
         assert m["offset_acc"] == 0.0 and m["offset_acc_1"] == 0.0 and m["clip_offset"] == lag
+
+
+class _StillAfter(_Oracle):
+    """The oracle, but from frame `still` on the mouth stops moving (one face for every frame): as in a
+    pause, no offset is more right than another there."""
+
+    def __init__(self, still: int) -> None:
+        super().__init__(0)
+        self.still = still
+
+    def forward(self, face: torch.Tensor, audio: torch.Tensor):
+        a, f = super().forward(face, audio)
+        frozen = (face[:, 0, 0, 0] * 255).round() >= self.still
+        return a, torch.where(frozen[:, None], self._unit(torch.full_like(frozen, 25, dtype=torch.float32)), f)
+
+
+def test_offset_metrics_at_speech_leave_out_the_silent_frames() -> None:
+    from synctalk.training.syncnet import evaluate_syncnet
+
+    n = 120
+    crops = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 328, 328, 3).contiguous()
+    feats = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], 4, axis=1).repeat(80, axis=2)
+    data = D.FrameData(crops, feats, "mel")
+    speech = np.arange(n) < 90  # the held-out frames 90-99 are a pause, where the mouth is still
+    m = evaluate_syncnet(_StillAfter(90), data, np.arange(80, 100), device=torch.device("cpu"), batch_size=16,
+                         speech=speech)
+    assert m["offset_acc_speech"] == 1.0 and m["offset_acc_1_speech"] == 1.0
+    assert m["offset_acc"] == 0.5 and m["offset_acc_1"] == 0.5  # the pause's frames pick a wrong offset
+    assert m["val_acc_speech"] >= m["val_acc"]
+    no_mask = evaluate_syncnet(_StillAfter(90), data, np.arange(80, 100), device=torch.device("cpu"), batch_size=16)
+    assert "offset_acc_speech" not in no_mask and no_mask["offset_acc"] == m["offset_acc"]
+
+
+def test_contrast_runs_are_drawn_at_speech_and_only_speech_frames_are_targets() -> None:
+    from synctalk.training.loop import Speed
+    from synctalk.training.syncnet import SPEECH_MARGIN, SyncNetTask, _best_key
+
+    n = 200
+    crops = torch.zeros((n, 320, 320, 3), dtype=torch.uint8)
+    data = D.FrameData(crops, np.zeros((n, 4, 80), np.float32), "mel")
+    speech = np.zeros(n, bool)
+    speech[100:140] = True  # one stretch of speech in 180 training frames
+    speed = Speed(device="cpu", amp="none", channels_last=False, compile=False, cuda_graphs=False, batch_size=32,
+                  lr=1e-3, cache_on_device=False)
+    task = SyncNetTask(torch.nn.Linear(1, 1), data, np.arange(180), np.arange(180, n), pairs_per_epoch=4096,
+                       objective="contrast", speech=speech, device=torch.device("cpu"), speed=speed)
+    idx, _audio, target, _jitter = task._drawn(4096, torch.Generator().manual_seed(0))
+    near = (idx >= 100 - SPEECH_MARGIN) & (idx < 140 + SPEECH_MARGIN)
+    assert near.float().mean() > 0.6  # 25 % of the frames are at speech; most drawn frames are
+    assert torch.equal(target, near.float())  # the targets: speech, widened by the margin
+    assert len(idx) % 32 == 0 and bool((idx < 180).all())  # whole batches, never the held-out tail
+    # the best epoch is the one whose critic finds the offset at speech
+    assert _best_key({"offset_acc": 0.9, "offset_acc_1_speech": 0.3}) < _best_key({"offset_acc": 0.1,
+                                                                                     "offset_acc_1_speech": 0.5})
+
+
+def test_the_contrast_loss_ignores_frames_that_are_not_targets() -> None:
+    from synctalk.training.runtime import make_scaler
+    from synctalk.training.syncnet import contrast_step
+
+    torch.manual_seed(0)
+    model = SyncNet("mel", "tiny")
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights as they are
+    faces, audio = torch.rand(8, 3, 64, 64), torch.randn(8, *model.audio_shape)
+    model.eval()
+    scaler = make_scaler(torch.device("cpu"), "none")
+    every, _ = contrast_step(model, opt, scaler, faces, audio, 4, torch.device("cpu"), "none")
+    mask = torch.tensor([1., 1., 0., 0., 1., 1., 0., 0.])
+    masked, _ = contrast_step(model, opt, scaler, faces, audio, 4, torch.device("cpu"), "none", speech=mask)
+    assert not torch.isclose(every, masked)  # the cross-entropy of frames 2, 3, 6 and 7 left out
+    none, _ = contrast_step(model, opt, scaler, faces, audio, 4, torch.device("cpu"), "none",
+                            speech=torch.zeros(8))
+    assert torch.isclose(none, every)  # a batch without any target counts every frame

@@ -162,12 +162,15 @@ class FrameData:
         With an A/V offset N the window of frame i is the one centred on frame i - N (clamped to
         the video), so the lips of frame i learn from the sound that made them.
         """
-        idx = idx.to(self.features.device)
+        return self.spec.batch_windows(self.features, self.audio_rows(idx.to(self.features.device)))
+
+    def audio_rows(self, idx: "torch.Tensor") -> "torch.Tensor":
+        """The feature row (audio frame) that each frame of `idx` hears: i - its A/V offset, in the video."""
         if self._audio_rows is not None:
-            idx = self._audio_rows[idx]
-        elif self.av_offset:
-            idx = (idx - self.av_offset).clamp(0, self.n - 1)
-        return self.spec.batch_windows(self.features, idx)
+            return self._audio_rows[idx.to(self._audio_rows.device)]
+        if self.av_offset:
+            return (idx - self.av_offset).clamp(0, self.n - 1)
+        return idx
 
     def keep_mask(self, mask: Sequence[int], dtype: Any = None) -> "torch.Tensor":
         """(1, 1, 320, 320) multiplier: 0 inside the mask rectangle, 1 elsewhere."""

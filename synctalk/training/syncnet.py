@@ -1,16 +1,23 @@
 """The per-person SyncNet: train it (resumably), validate it, reuse one, load one frozen.
 
-Each epoch every training frame is shown once, half of them with their own audio window (label 1)
-and half with a window at least 5 frames away (label 0), drawn anew every epoch; a share of those
-negatives (`hard_negatives`) is re-drawn 2-15 frames away, and with `augment` the pairs are jittered
-on the device (never in validation). The loss is BCE-with-logits on `SyncNet.logits`.
+Two objectives. `contrast` (the default): runs of CHUNK consecutive training frames, each face scoring
+the run's audio windows (cross-entropy both ways, its own window the target) plus BCE on far pairs;
+runs are drawn where the person speaks (SPEECH_FLOOR keeps some silence), and only faces and windows
+at speech (voice activity, widened by SPEECH_MARGIN frames) are targets, since in a long pause every
+nearby window fits the closed mouth equally well. `pairs`: each epoch every training frame once with
+its own audio window (label 1) and once with one at least 5 frames away (label 0), a share of the
+negatives (`hard_negatives`) 2-15 frames away; BCE-with-logits on `SyncNet.logits`. With `augment`
+the samples are jittered on the device (never in validation).
 
 Validation runs on the held-out tail: loss, accuracy, and offset accuracy — the fraction of
 held-out frames whose own window (offset 0) scores highest among offsets -15…+15 — with two looser
 readings of the same scores: `offset_acc_1` (the best offset within ±1 frame) and `clip_offset` (the
 offset with the highest mean score over the whole tail, 0 when the critic finds the clip in sync).
-checkpoint_best.pth is the epoch with the best offset accuracy. `SyncNetTask` is what the training loop
-(synctalk.training.loop) runs; `synctalk train-syncnet` starts it.
+The same figures over the held-out frames at speech (`val_acc_speech`, `offset_acc_speech`,
+`offset_acc_1_speech`) are the ones that say whether the critic hears the sound in the mouth: in
+silence no offset is more right than another. checkpoint_best.pth is the epoch with the best speech
+offset accuracy within ±1 (all frames' exact offset accuracy when the audio has no speech mask).
+`SyncNetTask` is what the training loop (synctalk.training.loop) runs; `synctalk train-syncnet` starts it.
 """
 
 from __future__ import annotations
@@ -66,17 +73,20 @@ def syncnet_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
 
 
 CHUNK = 16  # contrast objective: consecutive frames whose audio windows compete for each face
+SPEECH_MARGIN = 2  # frames either side of speech that still count as speech (the lips open before the sound)
+SPEECH_FLOOR = 0.1  # a run start's weight is its share of speech frames plus this (silence still shows up)
 
 
 def contrast_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                   faces: torch.Tensor, audio: torch.Tensor, chunk: int, device: torch.device, amp: str,
-                  graphs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of the offset-contrast objective; returns (loss, share of faces that pick their own audio).
+                  graphs: bool = False, speech: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the offset-contrast objective; returns (loss, share of targets that pick their own audio).
 
     The batch is runs of `chunk` consecutive frames. Within a run every face scores every audio
     window (cross-entropy both ways, the own window as the target), so the negatives are the same
     moment a few frames off, the thing the critic must tell apart; a BCE term on far pairs (the audio
-    of the next run) keeps the logit's sign meaningful for the UNet's sync loss.
+    of the next run) keeps the logit's sign meaningful for the UNet's sync loss. `speech` (B,) 0/1:
+    only those frames are targets of the cross-entropy (all of them stay distractors); None: all.
     """
     begin_step(graphs)
     with autocast(device, amp):
@@ -87,8 +97,11 @@ def contrast_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scal
     a3, f3 = a.reshape(runs, chunk, -1), f.reshape(runs, chunk, -1)
     sim = torch.einsum("rid,rjd->rij", f3, a3) * raw.logit_scale  # face i against audio j of its run
     target = torch.arange(chunk, device=sim.device).repeat(runs)
-    nce = 0.5 * (F.cross_entropy(sim.reshape(-1, chunk), target)
-                 + F.cross_entropy(sim.transpose(1, 2).reshape(-1, chunk), target))
+    w = torch.ones(len(target), device=sim.device) if speech is None else speech.float().to(sim.device)
+    w = torch.where(w.sum() > 0, w, torch.ones_like(w))  # a batch without speech: every frame (no host sync)
+    nce = 0.5 * ((F.cross_entropy(sim.reshape(-1, chunk), target, reduction="none") * w).sum()
+                 + (F.cross_entropy(sim.transpose(1, 2).reshape(-1, chunk), target, reduction="none") * w).sum()) \
+        / w.sum()
     pos = raw.logits(a, f)
     neg = raw.logits(a3.roll(1, dims=0).reshape(a.shape), f)
     bce = F.binary_cross_entropy_with_logits(torch.cat([pos, neg]).float(),
@@ -98,7 +111,7 @@ def contrast_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scal
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    picked = (sim.reshape(-1, chunk).argmax(dim=1) == target).float().mean()
+    picked = ((sim.reshape(-1, chunk).argmax(dim=1) == target).float() * w).sum() / w.sum()
     return loss.detach(), picked.detach()
 
 
@@ -110,8 +123,10 @@ def _raw(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, device: torch.device, amp: str = "none",
-                     batch_size: int = 64, seed: int = 0, max_offset: int = MAX_OFFSET) -> dict[str, float]:
-    """Held-out loss, accuracy (balanced pairs) and offset accuracy (offset 0 best of ±max_offset)."""
+                     batch_size: int = 64, seed: int = 0, max_offset: int = MAX_OFFSET,
+                     speech: np.ndarray | None = None) -> dict[str, float]:
+    """Held-out loss, accuracy (balanced pairs) and offset accuracy (offset 0 best of ±max_offset);
+    with `speech` (a bool per frame of the video) the same over the held-out frames at speech too."""
     if len(val_idx) == 0:
         return {}
     raw = _raw(model)
@@ -125,7 +140,7 @@ def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, d
     audio_idx = torch.cat([v, neg])
     labels = torch.cat([torch.ones(len(v)), torch.zeros(len(v))])
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
+    hits: list[torch.Tensor] = []
     lo = max(0, int(v.min()) - max_offset)
     hi = min(n - 1, int(v.max()) + max_offset)
     span = torch.arange(lo, hi + 1)
@@ -137,7 +152,7 @@ def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, d
                 a, f = raw(data.face_stack(fi, raw.face_frames), data.audio(ai))
             logits = raw.logits(a, f).float()
             loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
-            correct += ((logits > 0).float() == y).sum()
+            hits.append(((logits > 0).float() == y).float())
         # embeddings of every frame within max_offset of the held-out tail, in one pass
         a_parts, f_parts = [], []
         for start in range(0, len(span), batch_size):
@@ -156,8 +171,9 @@ def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, d
         scores = raw.logits(emb_a[jj.reshape(-1)], ff.repeat_interleave(len(offsets), dim=0)).float()
         scores = scores.reshape(len(v), len(offsets)).masked_fill(~valid.to(device), float("-inf"))
         best = scores.argmax(dim=1)
-        offset_acc = (best == max_offset).float().mean()
-        near_acc = ((best - max_offset).abs() <= 1).float().mean()
+        exact = (best == max_offset).float()
+        near = ((best - max_offset).abs() <= 1).float()
+        hit = torch.cat(hits)
         # the clip as a whole: the offset whose mean score is highest, over the held-out frames that
         # have every offset (so each offset is averaged over the same frames)
         whole = valid.all(dim=1).to(device)
@@ -165,9 +181,27 @@ def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, d
         clip_offset = int(offsets[int(rows.mean(dim=0).argmax())])
     if was_training:
         raw.train()
-    m = len(face_idx)
-    return {"val_loss": float(loss_sum) / m, "val_acc": float(correct) / m, "offset_acc": float(offset_acc),
-            "offset_acc_1": float(near_acc), "clip_offset": clip_offset}
+    out = {"val_loss": float(loss_sum) / len(face_idx), "val_acc": float(hit.mean()),
+           "offset_acc": float(exact.mean()), "offset_acc_1": float(near.mean()), "clip_offset": clip_offset}
+    if speech is not None:
+        at = torch.as_tensor(np.asarray(speech, bool)[v.numpy()], device=hit.device)
+        if bool(at.any()):
+            out.update(val_acc_speech=float(hit[torch.cat([at, at])].mean()),
+                       offset_acc_speech=float(exact[at].mean()), offset_acc_1_speech=float(near[at].mean()))
+    return out
+
+
+def speech_frames(layout: DatasetLayout, data: FrameData) -> np.ndarray | None:
+    """A bool per frame of `data`: is there speech in the sound it hears (its audio row, A/V offset
+    applied)? From the dataset's audio (synctalk.audio.activity); None when it has no audio file."""
+    from .. import media
+    from ..audio.activity import voice_activity
+
+    if not layout.audio_wav.is_file():
+        return None
+    n = len(data)
+    active = voice_activity(media.load_audio(layout.audio_wav), n)
+    return active[data.audio_rows(torch.arange(n)).cpu().numpy()]
 
 
 # ---------------------------------------------------------------- reuse and loading
@@ -224,9 +258,11 @@ class SyncNetTask(Task):
 
     def __init__(self, model: torch.nn.Module, data: FrameData, train_idx: Any, val_idx: Any, *,
                  pairs_per_epoch: int = 0, hard_negatives: float = 0.5, augment: bool = False,
-                 objective: str = "pairs", **kw: Any):
+                 objective: str = "pairs", speech: np.ndarray | None = None, **kw: Any):
         super().__init__(model, data, train_idx, val_idx, **kw)
         self.objective = objective
+        # a bool per frame: does the sound it hears hold speech (None: not known, every frame counts)
+        self.speech = None if speech is None else np.asarray(speech, bool)[: len(data)]
         # the contrast objective needs whole runs of CHUNK frames in a batch
         # (at least two runs a batch: the far negatives of the BCE term come from the other run)
         self.chunk = max(2, min(CHUNK, self.speed.batch_size // 2, len(self.pool) // 2))
@@ -262,6 +298,7 @@ class SyncNetTask(Task):
         network = SyncNet(asr, **{"audio_dim": feature_audio_dim(layout, asr), **options})
         return cls(network, data, train_idx, val_idx, pairs_per_epoch=pairs,
                    hard_negatives=cfg.hard_negatives, augment=cfg.augment, objective=cfg.objective,
+                   speech=speech_frames(layout, data),
                    device=device, speed=speed, dist=dist,
                    seed=cfg.seed, sync_bn=cfg.sync_bn, resume=resume,
                    run_numbers={"epochs": cfg.epochs, "val_fraction": cfg.val_fraction})
@@ -306,11 +343,27 @@ class SyncNetTask(Task):
         lo, hi = int(pool.min()), int(pool.max())
         runs = max(1, math.ceil(frames / self.chunk))
         runs += (-runs) % max(self.speed.batch_size * self.dist.world_size // self.chunk, 1)  # whole batches a rank
-        starts = torch.randint(lo, max(hi - self.chunk + 2, lo + 1), (runs,), generator=generator)
+        last = max(hi - self.chunk + 2, lo + 1)  # run starts lo … last - 1
+        targets = self._targets()
+        if targets is None:
+            starts = torch.randint(lo, last, (runs,), generator=generator)
+        else:  # where the person speaks, mostly: a run's weight is its share of speech frames (+ a floor)
+            share = np.convolve(targets[lo:hi + 1], np.ones(self.chunk) / self.chunk, mode="full")[self.chunk - 1:]
+            weights = torch.as_tensor(share[: last - lo] + SPEECH_FLOOR, dtype=torch.float64)
+            starts = lo + torch.multinomial(weights, runs, replacement=True, generator=generator)
         idx = (starts[:, None] + torch.arange(self.chunk)[None, :]).clamp(max=hi).reshape(-1)
+        # the "label" of a frame in a run: whether it is a target of the cross-entropy (speech)
+        target = torch.ones(len(idx)) if targets is None else torch.as_tensor(targets, dtype=torch.float32)[idx]
         jitter = self.aug.sample(len(idx), generator) if self.aug is not None else torch.zeros(len(idx), 0)
         # shard whole batches so every rank's runs stay whole
-        return [self.dist.shard(t).to(self.device) for t in (idx, idx, torch.ones(len(idx)), jitter)]
+        return [self.dist.shard(t).to(self.device) for t in (idx, idx, target, jitter)]
+
+    def _targets(self) -> np.ndarray | None:
+        """0/1 per frame: speech widened by SPEECH_MARGIN frames (None without a speech mask, or none in it)."""
+        if self.speech is None or not self.speech.any():
+            return None
+        k = 2 * SPEECH_MARGIN + 1
+        return (np.convolve(self.speech.astype(np.float64), np.ones(k), mode="same") > 0).astype(np.float64)
 
     def _drawn(self, pairs: int, generator: torch.Generator) -> list[torch.Tensor]:
         if self.objective == "contrast":
@@ -333,7 +386,7 @@ class SyncNetTask(Task):
         faces, audio, labels = batch
         if self.objective == "contrast":
             loss, picked = contrast_step(self.step_model, self.optimizer, self.scaler, faces, audio, self.chunk,
-                                         self.device, self.amp, self.graphs)
+                                         self.device, self.amp, self.graphs, speech=labels)
             return torch.stack([loss, picked])
         loss, correct = syncnet_step(self.step_model, self.optimizer, self.scaler, faces, audio, labels, self.device,
                                      self.amp, self.graphs)
@@ -342,10 +395,10 @@ class SyncNetTask(Task):
     def evaluate(self) -> dict[str, float]:
         """Held-out loss, accuracy and offset accuracy."""
         return evaluate_syncnet(self.model, self.data, self.val_idx, device=self.device, amp=self.amp,
-                                batch_size=max(self.speed.batch_size, 32), seed=self.seed)
+                                batch_size=max(self.speed.batch_size, 32), seed=self.seed, speech=self.speech)
 
     def better(self, metrics: dict[str, float], best: dict[str, Any]) -> bool:
-        """Offset accuracy first, then a lower held-out loss."""
+        """Offset accuracy at speech (within ±1) first, then a lower held-out loss."""
         return not best or _best_key(metrics) > _best_key(best)
 
     def network_config(self) -> dict[str, Any]:
@@ -358,12 +411,17 @@ class SyncNetTask(Task):
     def describe(self) -> str:
         """Frames per face stack and pairs per epoch."""
         if self.objective == "contrast":
-            return f"{self.frames} frame(s), contrast over runs of {self.chunk}, ≥{self.pairs_per_epoch} frames/epoch, "
+            at = "" if self._targets() is None else f" drawn at speech ({self.speech.mean():.0%} of frames)"
+            return (f"{self.frames} frame(s), contrast over runs of {self.chunk}{at}, "
+                    f"≥{self.pairs_per_epoch} frames/epoch, ")
         return f"{self.frames} frame(s), ≥{self.pairs_per_epoch} pairs/epoch, "
 
 
 def _best_key(m: dict[str, Any]) -> tuple[float, float]:
-    """Higher is better: offset accuracy first, then low held-out (or training) loss."""
+    """Higher is better: offset accuracy (at speech, within ±1, when measured) first, then low held-out
+    (or training) loss."""
+    if "offset_acc_1_speech" in m:
+        return (m["offset_acc_1_speech"], -m.get("val_loss", 0.0))
     if "offset_acc" in m:
         return (m["offset_acc"], -m.get("val_loss", 0.0))
     return (0.0, -m.get("train_loss", float("inf")))

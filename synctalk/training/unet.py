@@ -40,6 +40,9 @@ SECTION = MAIN
 BASE_BATCH = 8  # the batch size the default learning rate is meant for
 LOSS_TERMS = ("loss", "l1", "perceptual", "sync")
 ADVERSARIAL_TERMS = ("adv_g", "adv_d")  # the critic's verdict on the UNet, the critic's own loss
+# the quality gate of --syncnet auto: held-out offset accuracy within ±1 frame at speech (chance 3/31);
+# a SyncNet trained before that figure existed: exact offset accuracy over all frames (chance 1/31)
+MIN_SYNCNET_SPEECH_ACC_1 = 0.5
 MIN_SYNCNET_OFFSET_ACC = 0.2
 
 
@@ -47,7 +50,7 @@ class UNetLosses:
     """The weighted loss terms; returns (total, detached [total, l1, perceptual, sync])."""
 
     def __init__(self, l1_weight: float = 1.0, perceptual: torch.nn.Module | None = None,
-                 perceptual_weight: float = 0.01, syncnet: torch.nn.Module | None = None, sync_weight: float = 10.0):
+                 perceptual_weight: float = 0.01, syncnet: torch.nn.Module | None = None, sync_weight: float = 0.03):
         self.l1_weight = l1_weight
         self.perceptual = perceptual if perceptual_weight else None
         self.perceptual_weight = perceptual_weight
@@ -222,13 +225,22 @@ def choose_syncnet(choice: str, state: TrainingState, asr: str, name: str, dist:
     # A critic that cannot tell in-sync from off-sync teaches nothing: its gradient only paints
     # patterns that fool it (seen as coloured blobs in the lower face). Unless asked for explicitly,
     # the sync loss waits for a SyncNet whose held-out offset accuracy is well above chance (1/31).
-    offset_acc = float((sec.get("best_metrics") or {}).get("offset_acc", 0.0))
-    if offset_acc < MIN_SYNCNET_OFFSET_ACC and choice == "auto":
-        dist.log(f"warning: the SyncNet of {name} reaches a held-out offset accuracy of {offset_acc:.3f} "
-                 f"(< {MIN_SYNCNET_OFFSET_ACC}); training the UNet without the sync loss. Train the SyncNet "
-                 f"longer (train-syncnet --epochs N) or force it with --syncnet on.")
+    passes, reading = syncnet_gate(sec.get("best_metrics") or {})
+    if not passes and choice == "auto":
+        dist.log(f"warning: the SyncNet of {name} reaches {reading}; training the UNet without the sync loss. "
+                 f"Train the SyncNet longer (train-syncnet --epochs N) or force it with --syncnet on.")
         return None
     return path
+
+
+def syncnet_gate(best: dict[str, Any]) -> tuple[bool, str]:
+    """(passes, what it reads) of the quality gate on a SyncNet's best held-out metrics."""
+    if "offset_acc_1_speech" in best:
+        key, what, least = "offset_acc_1_speech", "offset accuracy (±1 frame, at speech)", MIN_SYNCNET_SPEECH_ACC_1
+    else:
+        key, what, least = "offset_acc", "offset accuracy", MIN_SYNCNET_OFFSET_ACC
+    value = float(best.get(key, 0.0))
+    return value >= least, f"a held-out {what} of {value:.3f} (the gate: {least})"
 
 
 def choose_perceptual(choice: str, models_dir: str | None, dist: Distributed) -> tuple[str, PerceptualLoss | None]:
@@ -272,7 +284,7 @@ class UNetTask(Task):
 
     def __init__(self, model: torch.nn.Module, data: FrameData, train_idx: Any, val_idx: Any, *,
                  perceptual: torch.nn.Module | None = None, syncnet: torch.nn.Module | None = None,
-                 l1_weight: float = 1.0, perceptual_weight: float = 0.01, sync_weight: float = 10.0,
+                 l1_weight: float = 1.0, perceptual_weight: float = 0.01, sync_weight: float = 0.03,
                  mask: Sequence[int] = DEFAULT_MASK, see_res: bool = False, adversary: Adversary | None = None,
                  **kw: Any):
         super().__init__(model, data, train_idx, val_idx, **kw)

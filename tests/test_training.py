@@ -421,3 +421,26 @@ def test_cuda_graphs_on_several_gpus_is_a_clear_error(work, capsys) -> None:
     assert main(["train", "--name", "nobody", "--dataset_dir", str(work / "dataset"), "--gpus", "2",
                  "--cuda_graphs"]) == 1
     assert "--cuda_graphs trains on one GPU" in capsys.readouterr().err
+
+
+def test_the_cosine_schedule_runs_from_lr_to_a_tenth_and_is_a_function_of_the_epoch() -> None:
+    from synctalk.errors import SyncTalkError
+    from synctalk.training.loop import LR_FLOOR, epoch_lr
+
+    lrs = [epoch_lr(1e-3, "cosine", e, 10) for e in range(1, 11)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(LR_FLOOR * 1e-3)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert epoch_lr(1e-3, "constant", 7, 10) == 1e-3 and epoch_lr(1e-3, "cosine", 1, 1) == 1e-3
+    with pytest.raises(SyncTalkError):
+        epoch_lr(1e-3, "steps", 2, 10)
+
+
+def test_the_compile_cache_is_kept_in_the_users_cache_unless_one_is_set(tmp_path, monkeypatch) -> None:
+    from synctalk.training.runtime import keep_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert keep_compile_cache() == tmp_path / "cache" / "synctalk" / "compile"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "synctalk" / "compile")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert keep_compile_cache() == tmp_path / "mine"

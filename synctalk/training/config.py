@@ -67,6 +67,8 @@ class RunConfig:
     lr_scaling: str = opt("none", "scale --lr for large batches: linear → lr × B/B0, sqrt → lr × sqrt(B/B0), B the "
                                   "global batch, B0 the batch the default lr is meant for (8 UNet, 16 SyncNet)",
                           choices=("none", "linear", "sqrt"))
+    lr_schedule: str = opt("constant", "learning rate over the epochs: constant, or cosine (from --lr down to "
+                                       "a tenth of it at the last epoch)", choices=("constant", "cosine"))
     val_fraction: float = opt(0.1, "held-out tail of the video")
     quick: bool = opt(False, "a short trial run on a CPU: tiny width, few epochs, small epochs (printed at start)")
     device: str = opt("auto", "auto, cpu, cuda, cuda:1 …")
@@ -146,7 +148,8 @@ class UNetConfig(RunConfig):
     models_dir: str | None = opt(None, "where model weights (VGG19) are looked for first")
     l1_weight: float = opt(1.0, "weight of the L1 loss")
     perceptual_weight: float = opt(0.01, "weight of the perceptual loss")
-    sync_weight: float = opt(10.0, "weight of the sync loss")
+    sync_weight: float = opt(0.03, "weight of the sync loss (keep it small: the critic's gradient must not drown "
+                                   "L1)")
     mask: str | None = opt(None, "mouth mask x0,y0,x1,y1 in the 320 crop, end exclusive (default 5,5,315,310)",
                            frozen=True)
     see_res: bool = opt(False, "write a preview PNG per epoch (masked | predicted | real) to <run>/previews/")

@@ -17,6 +17,7 @@ The benchmark times the same `task.step` through `time_steps`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import threading
 import time
@@ -78,6 +79,21 @@ def resolve_speed(cfg: RunConfig, device: torch.device, world_size: int, *, gpu_
                  compile=choose(cfg.compile, graphs) or graphs, cuda_graphs=graphs, batch_size=batch,
                  lr=scaled_lr(cfg.lr, batch * world_size, base_batch, cfg.lr_scaling),
                  cache_on_device={"auto": "auto", "yes": True, "no": False}[cfg.cache_on_device])
+
+
+LR_FLOOR = 0.1  # cosine schedule: the last epoch's rate, as a share of --lr
+
+
+def epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """The learning rate of epoch `epoch` (1-based) of `epochs`: `lr` throughout (constant), or a
+    cosine from `lr` at the first epoch to LR_FLOOR × lr at the last. A function of the epoch
+    alone, so a resumed run continues the same curve."""
+    if schedule == "constant" or epochs <= 1:
+        return lr
+    if schedule != "cosine":
+        raise SyncTalkError(f"--lr_schedule must be constant or cosine, got {schedule!r}")
+    t = (min(max(epoch, 1), epochs) - 1) / (epochs - 1)
+    return lr * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def resolve_av_offset(value: str | int | None, layout: DatasetLayout) -> tuple[int | np.ndarray, str]:
@@ -143,6 +159,11 @@ class Task:
             group["lr"] = speed.lr
         # DDP first, then compile (the documented order); `model` stays the plain module for checkpoints
         self.step_model = maybe_compile(dist.wrap(self.model, device, sync_bn), speed.compile, speed.cuda_graphs)
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the network's optimizer from now on (the loop's schedule)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     # -- supplied by each network
     def epoch_batches(self, epoch: int, start_step: int = 0) -> tuple[int, Iterator[tuple[Any, int]]]:
@@ -330,7 +351,7 @@ def time_steps(task: Task, steps: int, generator: torch.Generator | None = None)
 
 
 EPOCH_KEYS = ("train_loss", "train_acc", "l1", "perceptual", "sync", "val_loss", "val_acc", "offset_acc",
-              "offset_acc_1", "clip_offset", "adv_g", "adv_d", "val_l1", "val_psnr")
+              "offset_acc_1", "val_acc_speech", "offset_acc_speech", "offset_acc_1_speech", "clip_offset", "adv_g", "adv_d", "val_l1", "val_psnr")
 
 
 def print_epoch(what: str, epoch: int, epochs: int, m: dict[str, float], best: bool) -> None:
@@ -430,7 +451,8 @@ def run_training(task_cls: type[Task], cfg: RunConfig, dist: Distributed) -> Tra
         dist.log(f"resuming {task_cls.what} of {name} from epoch {start} ({resume['_path']})")
     procs = f" × {dist.world_size} processes" if dist.enabled else ""
     dist.log(f"{task_cls.what} {name}: {len(task.train_idx)} training / {len(task.val_idx)} held-out frames, asr {asr}, "
-             f"width {cfg.width}, {task.describe()}batch {speed.batch_size}{procs}, lr {speed.lr:g}, {device} "
+             f"width {cfg.width}, {task.describe()}batch {speed.batch_size}{procs}, lr {speed.lr:g}"
+             f"{' (cosine)' if cfg.lr_schedule == 'cosine' else ''}, {device} "
              f"({speed.amp}{', channels_last' if speed.channels_last else ''}"
              f"{', CUDA graphs' if speed.cuda_graphs else ', compiled' if speed.compile else ''}), "
              f"A/V offset {task.data.av_offset} ({av_source}), epochs {start}→{cfg.epochs} → {run_dir}")
@@ -449,6 +471,7 @@ def run_training(task_cls: type[Task], cfg: RunConfig, dist: Distributed) -> Tra
     metrics: dict[str, float] = dict((resume or {}).get("metrics") or {})
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
+            task.set_lr(epoch_lr(speed.lr, cfg.lr_schedule, epoch, cfg.epochs))
             try:
                 metrics = train_epoch(task, epoch, cfg.epochs, progress=cfg.progress, log_every=cfg.log_every,
                                       stop=stop, position=position)

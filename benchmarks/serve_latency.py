@@ -145,14 +145,21 @@ def main(argv: list[str] | None = None) -> int:
         report["latency"] = {"server_median_ms": percentile(server_ms, 50), "server_p99_ms": percentile(server_ms, 99),
                              "client_median_ms": percentile(client_ms, 50), "client_p99_ms": percentile(client_ms, 99),
                              "frames": len(server_ms)}
+        # where the slow frames are: the worst ones by frame index, and the stream's first and last frames
+        worst = sorted(range(len(server_ms)), key=lambda i: -server_ms[i])[:8]
+        report["latency"]["worst"] = [[i, round(server_ms[i], 1)] for i in sorted(worst)]
+        report["latency"]["first"] = [round(x, 1) for x in server_ms[:5]]
+        report["latency"]["last"] = [round(x, 1) for x in server_ms[-12:]]
         L = report["latency"]
         print(f"latency, 1 stream, {len(server_ms)} frames: window complete → frame leaves the server "
               f"median {L['server_median_ms']:.1f} ms, p99 {L['server_p99_ms']:.1f} ms "
               f"(at the client: median {L['client_median_ms']:.1f} ms, p99 {L['client_p99_ms']:.1f} ms)")
+        print(f"  slowest frames (index, ms): {L['worst']}; first {L['first']}; last {L['last']}")
 
         # 2. N streams at once: sustained fps per stream
         if args.streams > 0:
             batches0 = srv.server.worker.batches
+            draw0, enc0 = srv.server.worker.draw_seconds, srv.server.worker.encode_seconds
             frames0 = srv.server.worker.frames
             shed0 = srv.server.worker.shed
             results = asyncio.run(run_streams(srv.url, args.name,
@@ -170,11 +177,15 @@ def main(argv: list[str] | None = None) -> int:
             report["throughput"] = {"streams": args.streams, "fps_min": min(fps), "fps_median": percentile(fps, 50),
                                     "shed_frames": srv.server.worker.shed - shed0,
                                     "latency_median_ms": percentile(lat, 50), "latency_p99_ms": percentile(lat, 99),
-                                    "mean_batch": (srv.server.worker.frames - frames0) / max(nb, 1)}
+                                    "mean_batch": (srv.server.worker.frames - frames0) / max(nb, 1),
+                                    "draw_ms_per_batch": 1000 * (srv.server.worker.draw_seconds - draw0) / max(nb, 1),
+                                    "encode_ms_per_frame": 1000 * (srv.server.worker.encode_seconds - enc0)
+                                    / max(srv.server.worker.frames - frames0, 1)}
             T = report["throughput"]
             print(f"throughput, {args.streams} streams: sustained fps per stream min {T['fps_min']:.2f}, "
                   f"median {T['fps_median']:.2f}; latency median {T['latency_median_ms']:.1f} ms, "
-                  f"p99 {T['latency_p99_ms']:.1f} ms; mean batch {T['mean_batch']:.1f} frames"
+                  f"p99 {T['latency_p99_ms']:.1f} ms; mean batch {T['mean_batch']:.1f} frames, drawn in "
+                  f"{T['draw_ms_per_batch']:.1f} ms, JPEG {T['encode_ms_per_frame']:.1f} ms a frame"
                   + (f"; {T['shed_frames']} frames shed" if args.max_lag_ms else ""))
 
         # 3. drift over a long stream

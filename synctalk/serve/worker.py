@@ -99,6 +99,8 @@ class BatchWorker:
         self.frames = 0
         self.shared_batches = 0  # batches that held frames of more than one stream
         self.shed = 0  # frames sent with the real mouth because they were already too late
+        self.draw_seconds = 0.0  # the worker thread's time in draw (network + paste-back), all batches
+        self.encode_seconds = 0.0  # JPEG encoding, summed over the encoder threads
         # the GPU path (bucketed batches, paste-back with torch on the device): None = when on CUDA
         self.gpu_path: bool | None = None
         self._thread = threading.Thread(target=self._run, name="synctalk-serve-worker", daemon=True)
@@ -149,12 +151,14 @@ class BatchWorker:
                 return
             if not batch:
                 continue
+            t0 = time.perf_counter()
             try:
                 frames = self.draw(batch)
             except BaseException as exc:  # handed to each session; the worker keeps serving the others
                 for j in batch:
                     j.failed(j, exc)
                 continue
+            self.draw_seconds += time.perf_counter() - t0
             self.batches += 1
             self.frames += len(batch)
             self.shared_batches += len({id(j.owner) for j in batch}) > 1
@@ -162,13 +166,14 @@ class BatchWorker:
             for j, f in zip(batch, frames):
                 self._pool.submit(self._encode, j, f)
 
-    @staticmethod
-    def _encode(job: FrameJob, frame: np.ndarray) -> None:
+    def _encode(self, job: FrameJob, frame: np.ndarray) -> None:
+        t0 = time.perf_counter()
         try:
             jpeg = encode_jpeg(frame, job.quality, job.max_side)
         except BaseException as exc:
             job.failed(job, exc)
             return
+        self.encode_seconds += time.perf_counter() - t0  # a statistic: a lost update under threads is harmless
         job.done(job, jpeg)
 
     def draw(self, batch: list[FrameJob]) -> list[np.ndarray]:

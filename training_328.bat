@@ -46,7 +46,9 @@ if defined SYNCTALK_CHECKPOINT_DIR (set "CHECKPOINT_DIR=%SYNCTALK_CHECKPOINT_DIR
 if defined SYNCTALK_ASR (set "ASR=%SYNCTALK_ASR%") else (set "ASR=mel")
 if defined SYNCTALK_LANDMARKER (set "LANDMARKER=%SYNCTALK_LANDMARKER%") else (set "LANDMARKER=dlib")
 if defined SYNCTALK_DETECTOR (set "DETECTOR=%SYNCTALK_DETECTOR%") else (set "DETECTOR=auto")
-if defined SYNCTALK_WIDTH (set "WIDTH=%SYNCTALK_WIDTH%") else (set "WIDTH=full")
+REM the width only when set: a typed --width would override the --quick preset's tiny networks
+set "WIDTH_OPT="
+if defined SYNCTALK_WIDTH set "WIDTH_OPT=--width %SYNCTALK_WIDTH%"
 if defined SYNCTALK_MODELS_DIR goto :oldmodels
 REM the Python side reads SYNCTALK_MODELS itself; options are passed only when set
 set "SYNCNET_OPTS="
@@ -62,7 +64,7 @@ if defined SYNCTALK_PERCEPTUAL set "UNET_OPTS=%UNET_OPTS% --perceptual %SYNCTALK
 set "VIDEO=%DATASET_DIR%\%NAME%\%NAME%.mp4"
 if not exist "%VIDEO%" goto :novideo
 
-set COMMON=--name "%NAME%" --dataset_dir "%DATASET_DIR%" --checkpoint_dir "%CHECKPOINT_DIR%" --asr %ASR% --width %WIDTH% --device %DEVICE%
+set COMMON=--name "%NAME%" --dataset_dir "%DATASET_DIR%" --checkpoint_dir "%CHECKPOINT_DIR%" --asr %ASR% %WIDTH_OPT% --device %DEVICE%
 
 echo == [1/3] preprocess %VIDEO% (asr %ASR%, landmarker %LANDMARKER%, detector %DETECTOR%, device %DEVICE%)
 "%PYTHON%" "%ROOT%scripts\preprocess_data.py" --video_path "%VIDEO%" --name "%NAME%" --dataset_dir "%DATASET_DIR%" --asr_model %ASR% --landmarker %LANDMARKER% --detector %DETECTOR% --device %DEVICE%
@@ -109,6 +111,6 @@ echo environment (defaults in brackets): 1>&2
 echo   SYNCTALK_ASR [mel]  SYNCTALK_LANDMARKER [dlib]  SYNCTALK_DETECTOR [auto]  SYNCTALK_QUICK (1: --quick) 1>&2
 echo   SYNCTALK_EPOCHS  SYNCTALK_SYNCNET_EPOCHS  SYNCTALK_BATCHSIZE  SYNCTALK_SYNCNET_BATCHSIZE  SYNCTALK_PERCEPTUAL 1>&2
 echo     (unset: the training commands' defaults for the device) 1>&2
-echo   SYNCTALK_SYNCNET_CHECKPOINT (reuse a SyncNet)  SYNCTALK_WIDTH [full]  SYNCTALK_EXTRA_TRAIN_ARGS 1>&2
+echo   SYNCTALK_SYNCNET_CHECKPOINT (reuse a SyncNet)  SYNCTALK_WIDTH [training's: full]  SYNCTALK_EXTRA_TRAIN_ARGS 1>&2
 echo   SYNCTALK_DATASET_DIR [dataset]  SYNCTALK_CHECKPOINT_DIR [checkpoint]  SYNCTALK_MODELS (models folder)  PYTHON [python] 1>&2
 exit /b 2

@@ -28,7 +28,7 @@ environment (defaults in brackets):
   SYNCTALK_SYNCNET_BATCHSIZE        SyncNet batch size per GPU (default: chosen for the device)
   SYNCTALK_SYNCNET_CHECKPOINT       reuse this SyncNet checkpoint instead of training one
   SYNCTALK_PERCEPTUAL               vgg19 or none (default: the training command's)
-  SYNCTALK_WIDTH [full]             full, mobile or tiny
+  SYNCTALK_WIDTH                    full, mobile or tiny (default: the training command's, full; --quick: tiny)
   SYNCTALK_EXTRA_TRAIN_ARGS         more flags for scripts/train_328.py (both steps)
   SYNCTALK_DATASET_DIR [dataset]    SYNCTALK_CHECKPOINT_DIR [checkpoint]
   SYNCTALK_MODELS                   models folder searched first (default ~/.cache/synctalk/models)
@@ -76,7 +76,6 @@ CHECKPOINT_DIR="${SYNCTALK_CHECKPOINT_DIR:-checkpoint}"
 ASR="${SYNCTALK_ASR:-mel}"
 LANDMARKER="${SYNCTALK_LANDMARKER:-dlib}"
 DETECTOR="${SYNCTALK_DETECTOR:-auto}"
-WIDTH="${SYNCTALK_WIDTH:-full}"
 read -r -a EXTRA <<< "${SYNCTALK_EXTRA_TRAIN_ARGS:-}"
 if [ -n "${SYNCTALK_MODELS_DIR:-}" ]; then
     echo "error: SYNCTALK_MODELS_DIR is no longer read; set SYNCTALK_MODELS=$SYNCTALK_MODELS_DIR instead" >&2
@@ -95,6 +94,9 @@ if [ -n "${SYNCTALK_SYNCNET_BATCHSIZE:-}" ]; then SYNCNET_OPTS+=(--batchsize "$S
 if [ -n "${SYNCTALK_EPOCHS:-}" ]; then UNET_OPTS+=(--epochs "$SYNCTALK_EPOCHS"); fi
 if [ -n "${SYNCTALK_BATCHSIZE:-}" ]; then UNET_OPTS+=(--batchsize "$SYNCTALK_BATCHSIZE"); fi
 if [ -n "${SYNCTALK_PERCEPTUAL:-}" ]; then UNET_OPTS+=(--perceptual "$SYNCTALK_PERCEPTUAL"); fi
+# the width too: a typed --width would override the --quick preset's tiny networks
+WIDTH_OPTS=()
+if [ -n "${SYNCTALK_WIDTH:-}" ]; then WIDTH_OPTS+=(--width "$SYNCTALK_WIDTH"); fi
 
 VIDEO="$DATASET_DIR/$NAME/$NAME.mp4"
 if [ ! -f "$VIDEO" ]; then
@@ -104,7 +106,7 @@ if [ ! -f "$VIDEO" ]; then
 fi
 
 COMMON=(--name "$NAME" --dataset_dir "$DATASET_DIR" --checkpoint_dir "$CHECKPOINT_DIR" --asr "$ASR"
-        --width "$WIDTH" --device "$DEVICE")
+        ${WIDTH_OPTS[@]+"${WIDTH_OPTS[@]}"} --device "$DEVICE")
 
 echo "== [1/3] preprocess $VIDEO (asr $ASR, landmarker $LANDMARKER, detector $DETECTOR, device $DEVICE)"
 "$PY" "$ROOT/scripts/preprocess_data.py" --video_path "$VIDEO" --name "$NAME" --dataset_dir "$DATASET_DIR" \

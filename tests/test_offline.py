@@ -72,6 +72,8 @@ def test_whole_job_offline_with_nothing_but_the_install(tmp_path: Path) -> None:
     assert state["preprocessing"]["completed"] and state["preprocessing"]["landmarker"] == "dlib"
     assert state["preprocessing"]["detector"] == "dlib"
     assert state["syncnet_training"]["completed"] and state["main_training"]["completed"]
+    # the quick preset's tiny networks (no width the script types over them)
+    assert state["syncnet_training"]["width"] == "tiny" and state["main_training"]["width"] == "tiny"
 
     cli = [sys.executable, "-m", "synctalk.cli"]
     _run([*cli, "infer", "--name", name, "--audio_path", str(speech), "--output", "out.mp4"], tmp_path, env)

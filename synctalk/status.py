@@ -72,7 +72,8 @@ def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[lis
         ("lip activity", _lip_mark(pre.get("lip_activity")), _lip_detail(pre.get("lip_activity"))),
         ("A/V offset", *_av_offset_mark(pre)),
         ("syncnet", mark(bool(syn.get("completed"))),
-         f"{syn.get('epochs', 0)} epochs, asr {syn.get('asr', '?')}" + (f", from {syn['reused_from']}" if syn.get("reused_from") else "")),
+         f"{syn.get('epochs', 0)} epochs, asr {syn.get('asr', '?')}" + _critic_detail(syn)
+         + (f", from {syn['reused_from']}" if syn.get("reused_from") else "")),
         ("unet", mark(bool(main.get("completed"))), f"{main.get('epochs', 0)} epochs, {len(main.get('checkpoints') or [])} checkpoints"),
     ]
     ckpt = checkpoint_layout(checkpoint_dir, name)
@@ -85,6 +86,16 @@ def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[lis
     else:
         nxt = f"synctalk infer --name {name} --audio_path speech.wav"
     return rows, nxt
+
+
+def _critic_detail(syn: dict) -> str:
+    """How well the SyncNet finds the offset (its best held-out epoch), when it was measured."""
+    best = syn.get("best_metrics") or {}
+    if isinstance(best.get("offset_acc_1_speech"), (int, float)):
+        return f", finds the offset within ±1 frame at speech {best['offset_acc_1_speech']:.0%} of the time"
+    if isinstance(best.get("offset_acc"), (int, float)):
+        return f", offset accuracy {best['offset_acc']:.0%}"
+    return ""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -444,3 +444,15 @@ def test_the_compile_cache_is_kept_in_the_users_cache_unless_one_is_set(tmp_path
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "synctalk" / "compile")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert keep_compile_cache() == tmp_path / "mine"
+
+
+def test_status_says_how_well_the_critic_finds_the_offset_and_the_gate_reads_the_same_figure() -> None:
+    from synctalk.status import _critic_detail
+    from synctalk.training.unet import syncnet_gate
+
+    assert "43% of the time" in _critic_detail({"best_metrics": {"offset_acc_1_speech": 0.428, "offset_acc": 0.14}})
+    assert _critic_detail({"best_metrics": {"offset_acc": 0.25}}) == ", offset accuracy 25%"
+    assert _critic_detail({}) == ""
+    assert syncnet_gate({"offset_acc_1_speech": 0.428, "offset_acc": 0.9}) == (
+        False, "a held-out offset accuracy (±1 frame, at speech) of 0.428 (the gate: 0.5)")
+    assert syncnet_gate({"offset_acc": 0.25})[0] and not syncnet_gate({})[0]

@@ -398,7 +398,10 @@ class SyncNetTask(Task):
                                 batch_size=max(self.speed.batch_size, 32), seed=self.seed, speech=self.speech)
 
     def better(self, metrics: dict[str, float], best: dict[str, Any]) -> bool:
-        """Offset accuracy at speech (within ±1) first, then a lower held-out loss."""
+        """Offset accuracy at speech (within ±1) first, then a lower held-out loss (a best epoch of a
+        run resumed from before that figure was measured gives way to the first epoch that has it)."""
+        if "offset_acc_1_speech" in metrics and "offset_acc_1_speech" not in best:
+            return True
         return not best or _best_key(metrics) > _best_key(best)
 
     def network_config(self) -> dict[str, Any]:

@@ -127,11 +127,21 @@ def test_syncnet_reuse_across_persons_and_mismatch_errors(source, work, capsys) 
     assert train(work, "dan", "--train_syncnet", "--syncnet_checkpoint_path", str(cat_best)) == 0
     sec = state_of(work, "dan")["syncnet_training"]
     assert sec["completed"] is True and Path(sec["reused_from"]) == cat_best.resolve()
+    # its figures are measured on dan's own held-out tail (cat's are kept beside them)
+    assert "offset_acc" in sec["best_metrics"] and sec["source_metrics"]
+    assert "on dan's held-out tail it reaches a held-out offset accuracy" in capsys.readouterr().out
     assert Path(sec["checkpoint"]) == cat_best.resolve() and sec["asr"] == "mel"
     assert not checkpoint_layout(work / "checkpoint", "dan").syncnet_dir.exists()
     capsys.readouterr()
     assert train(work, "dan", "--train_syncnet", "--epochs", "3") == 0  # reused counts as done
     assert "already trained" in capsys.readouterr().out
+    # named for the UNet, a reused critic is used; a warning when it fails the gate on dan's own tail
+    from synctalk.training.unet import syncnet_gate
+
+    assert train(work, "dan", "--epochs", "1", "--perceptual", "none", "--syncnet_checkpoint_path", str(cat_best)) == 0
+    out = capsys.readouterr().out
+    passes, reading = syncnet_gate(state_of(work, "dan")["syncnet_training"]["best_metrics"])
+    assert "L1 + sync" in out and ("may teach the UNet little" in out) is (not passes) and reading in out
 
     # another audio model: clear error before any training
     eve = person(source, work, "eve")

@@ -207,15 +207,30 @@ def speech_frames(layout: DatasetLayout, data: FrameData) -> np.ndarray | None:
 # ---------------------------------------------------------------- reuse and loading
 
 
-def register_reused_syncnet(layout: DatasetLayout, path: str | Path, asr: str) -> dict[str, Any]:
-    """Record that this person's SyncNet step is satisfied by another person's checkpoint file."""
+def register_reused_syncnet(layout: DatasetLayout, path: str | Path, asr: str,
+                            device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Record that this person's SyncNet step is satisfied by another person's checkpoint file.
+
+    The figures recorded (what the UNet's gate and `synctalk status` read) are the critic's on this
+    person's own held-out tail, measured now: a critic's figures on the person it was trained on say
+    little about another face (on grid and cnn, one person's critic found the other's offset no
+    better than chance). The checkpoint's own figures are kept as `source_metrics`.
+    """
+    from ..data import load_frame_data
+    from .loop import resolve_av_offset
+
     path = Path(path).resolve()
     ckpt = load_checkpoint(path, "syncnet")
     check_asr(ckpt, asr, path, "reuse a SyncNet trained on the same audio features, or train this person's own")
+    device = torch.device(device)
+    model = load_syncnet(path, device, asr)[0]
+    data = load_frame_data(layout, asr, device=device, progress=False, av_offset=resolve_av_offset("auto", layout)[0])
+    _train, val = split_indices(len(data), 0.1)
+    here = evaluate_syncnet(model, data, val, device=device, speech=speech_frames(layout, data))
     sec = TrainingState(layout.state_file).update(
         SECTION, completed=True, checkpoint=str(path), reused_from=str(path), asr=asr,
         width=(ckpt.get("config") or {}).get("width", "full"), epochs=int(ckpt.get("epoch", 0)),
-        best_metrics=ckpt.get("metrics") or {},
+        best_metrics=here, source_metrics=ckpt.get("metrics") or {},
     )
     return sec
 

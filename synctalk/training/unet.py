@@ -206,6 +206,12 @@ def choose_syncnet(choice: str, state: TrainingState, asr: str, name: str, dist:
         path = Path(choice)
         if not path.is_file():
             raise SyncTalkError(f"--syncnet {choice}: no such SyncNet checkpoint (give auto, on, off or a file)")
+        sec = state.section(SYNCNET)
+        if sec.get("reused_from") and Path(sec["reused_from"]) == path.resolve():
+            passes, reading = syncnet_gate(sec.get("best_metrics") or {})
+            if not passes:  # asked for by name: used, but the user should know what it can judge
+                dist.log(f"warning: the SyncNet {path} reaches {reading} on {name}'s held-out tail; its sync "
+                         f"loss may teach the UNet little (--syncnet auto would leave it out)")
         return path
     sec = state.section(SYNCNET)
     path = Path(sec["checkpoint"]) if sec.get("checkpoint") else None

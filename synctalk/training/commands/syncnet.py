@@ -52,7 +52,13 @@ def _reuse(explicit: Mapping[str, Any]) -> int:
     layout = dataset_layout(base, name)
     if not layout.root.is_dir():
         raise SyncTalkError(f"dataset folder {layout.root} not found: preprocess {name} first")
+    from ...device import resolve_device
+    from ..unet import syncnet_gate
+
     asr = resolve_asr(layout, cfg.asr)
-    register_reused_syncnet(layout, cfg.reuse, asr)
-    print(f"SyncNet step of {name} satisfied by {Path(cfg.reuse).resolve()} ({asr})", flush=True)
+    sec = register_reused_syncnet(layout, cfg.reuse, asr, resolve_device(cfg.device))
+    passes, reading = syncnet_gate(sec["best_metrics"])
+    print(f"SyncNet step of {name} satisfied by {Path(cfg.reuse).resolve()} ({asr}); on {name}'s held-out tail "
+          f"it reaches {reading}" + ("" if passes else f": too weak to judge {name}'s mouth, so `--syncnet auto` "
+                                                    f"trains the UNet without it"), flush=True)
     return 0

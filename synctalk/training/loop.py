@@ -351,7 +351,8 @@ def time_steps(task: Task, steps: int, generator: torch.Generator | None = None)
 
 
 EPOCH_KEYS = ("train_loss", "train_acc", "l1", "perceptual", "sync", "val_loss", "val_acc", "offset_acc",
-              "offset_acc_1", "val_acc_speech", "offset_acc_speech", "offset_acc_1_speech", "clip_offset", "adv_g", "adv_d", "val_l1", "val_psnr")
+              "offset_acc_1", "val_acc_speech", "offset_acc_speech", "offset_acc_1_speech", "clip_offset",
+              "adv_g", "adv_d", "val_l1", "val_psnr")
 
 
 def print_epoch(what: str, epoch: int, epochs: int, m: dict[str, float], best: bool) -> None:

@@ -230,7 +230,7 @@ def choose_syncnet(choice: str, state: TrainingState, asr: str, name: str, dist:
         )
     # A critic that cannot tell in-sync from off-sync teaches nothing: its gradient only paints
     # patterns that fool it (seen as coloured blobs in the lower face). Unless asked for explicitly,
-    # the sync loss waits for a SyncNet whose held-out offset accuracy is well above chance (1/31).
+    # the sync loss waits for a SyncNet that passes syncnet_gate.
     passes, reading = syncnet_gate(sec.get("best_metrics") or {})
     if not passes and choice == "auto":
         dist.log(f"warning: the SyncNet of {name} reaches {reading}; training the UNet without the sync loss. "

@@ -416,3 +416,31 @@ def test_pauses_take_the_resting_mouth_of_a_silent_closed_frame(syn, tmp_path):
     for a, b in inner:
         core = gen[a + 7:b - 7] if b - a > 14 else gen[(a + b) // 2:(a + b) // 2 + 1]
         assert core.max() < 45 and np.ptp(core) < 3  # closed (30 = no sound) and steady
+
+
+def test_the_blend_weights_made_on_the_device_are_the_host_ones():
+    import torch
+
+    from synctalk.render.paste import feather_alpha, feather_alpha_torch
+
+    for h, w in ((100, 100), (37, 211), (1, 5)):
+        np.testing.assert_allclose(feather_alpha_torch(h, w, torch.device("cpu")).numpy(), feather_alpha(h, w),
+                                   atol=1e-6)
+
+
+def test_paste_back_on_torch_pastes_a_batch_of_frames_each_in_its_box():
+    import torch
+
+    from synctalk.render import paste_back, paste_back_torch
+
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, (300, 400, 3), dtype=np.uint8) for _ in range(3)]
+    crops = rng.integers(0, 256, (3, 328, 328, 3), dtype=np.uint8)
+    boxes = [[50, 20, 250, 220], [-30, 10, 170, 210], [120, 60, 380, 320]]  # inside, off the left, off the bottom
+    weights = [1.0, 0.0, 0.5]  # the second stays the real frame
+    want = [paste_back(f.copy(), c, b, w) if w > 0 else f.copy() for f, c, b, w in zip(frames, crops, boxes, weights)]
+    got = [f.copy() for f in frames]
+    paste_back_torch(got, torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255, boxes, weights)
+    for a, b in zip(want, got):
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 6
+    assert np.array_equal(got[1], frames[1])

@@ -60,35 +60,58 @@ def paste_back(frame: np.ndarray, crop328: np.ndarray, box: Sequence[int], weigh
 
 def paste_back_torch(frames: Sequence[np.ndarray], crops328: Any, boxes: Sequence[Sequence[int]],
                      weights: Sequence[float]) -> None:
-    """The same paste-back with the resize and blend on the crops' device (one transfer back); in place.
+    """The same paste-back with the resize and blend on the crops' device; in place.
 
     `crops328` is (B, 3, 328, 328) float in [0, 1] on any device; `frames` are host BGR uint8 arrays.
+    The frames' regions go to the device in one copy (pinned, so it does not wait for the device's
+    queued work) and come back in one; the blend weights are made on the device.
     """
     import torch
     import torch.nn.functional as F
 
     device = crops328.device
     jobs = []
-    parts = []
     for i, (frame, box, wgt) in enumerate(zip(frames, boxes, weights)):
         x1, y1, x2, y2, sx0, sy0, sx1, sy1 = _clip_box(box, frame.shape[:2])
-        bw, bh = x2 - x1, y2 - y1
         if sx1 <= sx0 or sy1 <= sy0 or wgt <= 0:
             continue
+        jobs.append((i, x1, y1, x2, y2, sx0, sy0, sx1, sy1, float(wgt)))
+    if not jobs:
+        return
+    sizes = [(j[8] - j[6]) * (j[7] - j[5]) * 3 for j in jobs]
+    host = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    staged = host.numpy()
+    pos = 0
+    for (i, _x1, _y1, _x2, _y2, sx0, sy0, sx1, sy1, _w), n in zip(jobs, sizes):
+        staged[pos:pos + n].reshape(sy1 - sy0, sx1 - sx0, 3)[:] = frames[i][sy0:sy1, sx0:sx1]
+        pos += n
+    regions = host.to(device, non_blocking=True).split(sizes)
+    parts = []
+    for (i, x1, y1, x2, y2, sx0, sy0, sx1, sy1, wgt), flat in zip(jobs, regions):
+        bw, bh = x2 - x1, y2 - y1
         shrink = bw < CROP_SIZE and bh < CROP_SIZE
         patch = F.interpolate(crops328[i:i + 1].float(), size=(bh, bw), mode="bicubic", align_corners=False,
                               antialias=shrink)[0, :, sy0 - y1:sy1 - y1, sx0 - x1:sx1 - x1]
-        region = torch.from_numpy(np.ascontiguousarray(frame[sy0:sy1, sx0:sx1])).to(device, non_blocking=True)
-        region = region.permute(2, 0, 1).float()
-        alpha = torch.from_numpy(feather_alpha(bh, bw)[sy0 - y1:sy1 - y1, sx0 - x1:sx1 - x1]).to(device)
-        out = region + (patch * 255.0 - region) * (alpha * float(wgt))
+        region = flat.reshape(sy1 - sy0, sx1 - sx0, 3).permute(2, 0, 1).float()
+        alpha = feather_alpha_torch(bh, bw, device)[sy0 - y1:sy1 - y1, sx0 - x1:sx1 - x1]
+        out = region + (patch * 255.0 - region) * (alpha * wgt)
         parts.append(out.add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).reshape(-1))
-        jobs.append((i, sx0, sy0, sx1, sy1))
-    if not parts:
-        return
     flat = torch.cat(parts).cpu().numpy()  # one device → host copy for the whole batch
     pos = 0
-    for i, sx0, sy0, sx1, sy1 in jobs:
-        n = (sy1 - sy0) * (sx1 - sx0) * 3
+    for (i, _x1, _y1, _x2, _y2, sx0, sy0, sx1, sy1, _w), n in zip(jobs, sizes):
         frames[i][sy0:sy1, sx0:sx1] = flat[pos:pos + n].reshape(sy1 - sy0, sx1 - sx0, 3)
         pos += n
+
+
+def feather_alpha_torch(height: int, width: int, device: Any, fraction: float = FEATHER_FRACTION) -> Any:
+    """feather_alpha computed on `device` (float32), so no host array is copied over per frame."""
+    import torch
+
+    ramp = max(fraction * min(height, width), 1.0)
+
+    def edge(n: int) -> "torch.Tensor":
+        k = torch.arange(n, device=device, dtype=torch.float64)
+        t = (torch.minimum(k + 0.5, n - k - 0.5) / ramp).clamp_(0.0, 1.0)
+        return t * t * (3.0 - 2.0 * t)
+
+    return torch.minimum(edge(height)[:, None], edge(width)[None, :]).float()

@@ -20,11 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..audio.activity import SILENCE_FLOOR, SILENCE_REL_DB, centred_rms, frame_rms, true_runs, voice_activity  # noqa: F401
-from ..constants import FPS, SAMPLE_RATE
+from ..constants import CROSSFADE_FRAMES, FPS, SAMPLE_RATE, SPEECH_LEAD_FRAMES
 
 SILENCE_MIN_FRAMES = 3  # shorter pauses at the ends are left to the network
-SPEECH_LEAD_FRAMES = 2  # lips move a little before the sound starts (and close a little after)
-CROSSFADE_FRAMES = 4  # real → generated over this many frames
 PAUSE_SECONDS = 0.3  # the shortest pause that gets a resting mouth
 
 

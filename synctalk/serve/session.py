@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from ..audio.activity import SILENCE_FLOOR, SILENCE_REL_DB  # below the speech level by this much, and -55 dBFS
-from ..constants import FPS, SAMPLE_RATE
+from ..constants import CROSSFADE_FRAMES, FPS, SAMPLE_RATE, SPEECH_LEAD_FRAMES
 from .features import HOP, StreamFeatures, lookahead_frames, min_delay_ms
 from .protocol import KIND_IDLE, KIND_SPEECH, pack_frame
 from .worker import BatchWorker, FrameJob
@@ -29,8 +29,7 @@ FRAME_S = 1.0 / FPS
 # audio window already waits for: the mouth is generated from SPEECH_LEAD frames before a loud frame
 # to SPEECH_LEAD frames after it, cross-faded to the real frame over CROSSFADE_FRAMES outside that
 # (so pauses of up to 2·SPEECH_LEAD frames keep the generated mouth)
-SPEECH_LEAD = 2  # frames the lips lead (and trail) the sound
-CROSSFADE_FRAMES = 4  # real ↔ generated over this many frames
+SPEECH_LEAD = SPEECH_LEAD_FRAMES  # frames the lips lead (and trail) the sound
 LEVEL_DECAY = 0.9995  # per frame: the speech level forgets a loud moment over about a minute
 IDLE_AFTER_S = 0.2  # inside an utterance, wait this long for audio before showing idle frames
 

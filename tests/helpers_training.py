@@ -7,7 +7,9 @@ preprocessing writes (full_body_img/, crop_boxes.npy, aud.wav, aud_mel.npy, the 
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +68,23 @@ def copy_dataset(src: Path, root: Path, name: str) -> Path:
 N_FRAMES = 16
 FAST = ["--width", "tiny", "--batchsize", "4", "--val_fraction", "0.125", "--no_progress", "--device", "cpu",
         "--syncnet_pairs_per_epoch", "0"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a gloo rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cpu_rank(rank: int, world: int, port: int):
+    """Join a world of `world` gloo processes on 127.0.0.1:`port` as `rank`, one thread each; (dist, device)."""
+    import torch
+
+    from synctalk.training import Distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist = Distributed.from_env()
+    return dist, dist.start("cpu")

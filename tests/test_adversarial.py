@@ -5,14 +5,12 @@ Tiny networks on the CPU; real crops from a fixture clip (helpers_training's 16-
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers_training import FAST, copy_dataset
+from helpers_training import FAST, copy_dataset, free_port, start_cpu_rank
 from synctalk.cli import main
 from synctalk.layout import checkpoint_layout
 from synctalk.training import Distributed
@@ -186,22 +184,12 @@ def test_only_adversarial_epochs_compete_for_best_once_the_stage_has_begun() -> 
 # ---------------------------------------------------------------- two gloo ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
     from synctalk.training import make_adam, make_scaler
     from synctalk.training.unet import UNetLosses, unet_step
     from unet_328 import build_unet
 
-    dist = Distributed.from_env()
-    device = dist.start("cpu")
+    dist, device = start_cpu_rank(rank, world, port)
     try:
         g = torch.Generator().manual_seed(1000 + rank)  # every rank its own samples
         torch.manual_seed(rank)  # and its own initial weights: DDP must start both networks from rank 0's
@@ -227,7 +215,7 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_two_ranks_keep_the_critic_and_the_unet_equal(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (load(tmp_path / f"rank{k}.pt") for k in (0, 1))
     for net in ("unet", "critic"):
         for key in r0[net]:

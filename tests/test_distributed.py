@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +17,11 @@ import pytest
 import torch
 
 from conftest import REPO
-from helpers_training import FAST, copy_dataset
+from helpers_training import FAST, copy_dataset, free_port, start_cpu_rank
 from synctalk.cli import main
 from synctalk.layout import checkpoint_layout, dataset_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def common(work: Path, name: str) -> list[str]:
@@ -70,16 +63,12 @@ def files_of(run_dir: Path) -> set[str]:
 
 
 def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from synctalk.training import Distributed, make_adam, make_scaler
+    from synctalk.training import make_adam, make_scaler
     from synctalk.training.syncnet import syncnet_step
     from synctalk.training.unet import UNetLosses, unet_step
     from unet_328 import SyncNet, build_unet
 
-    dist = Distributed.from_env()
-    device = dist.start("cpu")
+    dist, device = start_cpu_rank(rank, world, port)
     try:
         g = torch.Generator().manual_seed(1000 + rank)  # every rank its own samples
         torch.manual_seed(rank)  # and its own initial weights: DDP must start them from rank 0's

@@ -356,7 +356,7 @@ def test_infer_shows_at_frame_t_the_mouth_of_the_audio_at_t(syn, tmp_path):
 def test_voice_activity_finds_the_pauses_of_real_speech():
     from synctalk import media
     from synctalk.render import pauses, voice_activity
-    from synctalk.render.silence import centred_rms
+    from synctalk.audio.activity import centred_rms
 
     from conftest import SHARED
 

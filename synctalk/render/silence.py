@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audio.activity import SILENCE_FLOOR, SILENCE_REL_DB, centred_rms, frame_rms, true_runs, voice_activity  # noqa: F401
+from ..audio.activity import SILENCE_FLOOR, SILENCE_REL_DB, frame_rms, true_runs, voice_activity
 from ..constants import CROSSFADE_FRAMES, FPS, SAMPLE_RATE, SPEECH_LEAD_FRAMES
 
 SILENCE_MIN_FRAMES = 3  # shorter pauses at the ends are left to the network

@@ -117,7 +117,7 @@ def test_syncnet_killed_mid_run_resumes_at_the_saved_epoch(source, work, capsys)
     assert saved_epoch(run_dir / "checkpoint_latest.pth") == 5
 
 
-def test_syncnet_reuse_across_persons_and_mismatch_errors(source, work, capsys) -> None:
+def test_syncnet_reuse_across_persons_and_mismatch_errors(source, work, capsys, monkeypatch) -> None:
     person(source, work, "cat")
     person(source, work, "dan")
     assert train(work, "cat", "--train_syncnet", "--epochs", "1") == 0
@@ -134,6 +134,16 @@ def test_syncnet_reuse_across_persons_and_mismatch_errors(source, work, capsys) 
     assert not checkpoint_layout(work / "checkpoint", "dan").syncnet_dir.exists()
     capsys.readouterr()
     assert train(work, "dan", "--train_syncnet", "--epochs", "3") == 0  # reused counts as done
+    # the same reuse again (a rerun of the command) is not measured a second time
+    import synctalk.training.syncnet as syncnet_module
+
+    def measured_again(*a, **k):
+        raise AssertionError("the reused SyncNet was evaluated again")
+
+    with monkeypatch.context() as m:
+        m.setattr(syncnet_module, "evaluate_syncnet", measured_again)
+        assert train(work, "dan", "--train_syncnet", "--syncnet_checkpoint_path", str(cat_best)) == 0
+    assert state_of(work, "dan")["syncnet_training"]["best_metrics"] == sec["best_metrics"]
     assert "already trained" in capsys.readouterr().out
     # named for the UNet, a reused critic is used; a warning when it fails the gate on dan's own tail
     from synctalk.training.unet import syncnet_gate

@@ -191,6 +191,14 @@ def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, d
     return out
 
 
+def speech_targets(speech: np.ndarray | None) -> np.ndarray | None:
+    """0/1 per frame: speech widened by SPEECH_MARGIN frames (None without a speech mask, or none in it)."""
+    if speech is None or not speech.any():
+        return None
+    k = 2 * SPEECH_MARGIN + 1
+    return (np.convolve(speech.astype(np.float64), np.ones(k), mode="same") > 0).astype(np.float64)
+
+
 def speech_frames(layout: DatasetLayout, data: FrameData) -> np.ndarray | None:
     """A bool per frame of `data`: is there speech in the sound it hears (its audio row, A/V offset
     applied)? From the dataset's audio (synctalk.audio.activity); None when it has no audio file."""
@@ -222,12 +230,17 @@ def register_reused_syncnet(layout: DatasetLayout, path: str | Path, asr: str,
     path = Path(path).resolve()
     ckpt = load_checkpoint(path, "syncnet")
     check_asr(ckpt, asr, path, "reuse a SyncNet trained on the same audio features, or train this person's own")
+    state = TrainingState(layout.state_file)
+    sec = state.section(SECTION) if layout.state_file.exists() else {}
+    if (sec.get("completed") and sec.get("reused_from") == str(path) and sec.get("asr") == asr
+            and sec.get("source_metrics") == (ckpt.get("metrics") or {}) and sec.get("best_metrics")):
+        return sec  # measured on this person already (a rerun of the same command)
     device = torch.device(device)
     model = load_syncnet(path, device, asr)[0]
     data = load_frame_data(layout, asr, device=device, progress=False, av_offset=resolve_av_offset("auto", layout)[0])
     _train, val = split_indices(len(data), 0.1)
     here = evaluate_syncnet(model, data, val, device=device, speech=speech_frames(layout, data))
-    sec = TrainingState(layout.state_file).update(
+    sec = state.update(
         SECTION, completed=True, checkpoint=str(path), reused_from=str(path), asr=asr,
         width=(ckpt.get("config") or {}).get("width", "full"), epochs=int(ckpt.get("epoch", 0)),
         best_metrics=here, source_metrics=ckpt.get("metrics") or {},
@@ -278,6 +291,7 @@ class SyncNetTask(Task):
         self.objective = objective
         # a bool per frame: does the sound it hears hold speech (None: not known, every frame counts)
         self.speech = None if speech is None else np.asarray(speech, bool)[: len(data)]
+        self.targets = speech_targets(self.speech)  # the contrast objective's targets: speech, widened
         # the contrast objective needs whole runs of CHUNK frames in a batch
         # (at least two runs a batch: the far negatives of the BCE term come from the other run)
         self.chunk = max(2, min(CHUNK, self.speed.batch_size // 2, len(self.pool) // 2))
@@ -359,7 +373,7 @@ class SyncNetTask(Task):
         runs = max(1, math.ceil(frames / self.chunk))
         runs += (-runs) % max(self.speed.batch_size * self.dist.world_size // self.chunk, 1)  # whole batches a rank
         last = max(hi - self.chunk + 2, lo + 1)  # run starts lo … last - 1
-        targets = self._targets()
+        targets = self.targets
         if targets is None:
             starts = torch.randint(lo, last, (runs,), generator=generator)
         else:  # where the person speaks, mostly: a run's weight is its share of speech frames (+ a floor)
@@ -372,13 +386,6 @@ class SyncNetTask(Task):
         jitter = self.aug.sample(len(idx), generator) if self.aug is not None else torch.zeros(len(idx), 0)
         # shard whole batches so every rank's runs stay whole
         return [self.dist.shard(t).to(self.device) for t in (idx, idx, target, jitter)]
-
-    def _targets(self) -> np.ndarray | None:
-        """0/1 per frame: speech widened by SPEECH_MARGIN frames (None without a speech mask, or none in it)."""
-        if self.speech is None or not self.speech.any():
-            return None
-        k = 2 * SPEECH_MARGIN + 1
-        return (np.convolve(self.speech.astype(np.float64), np.ones(k), mode="same") > 0).astype(np.float64)
 
     def _drawn(self, pairs: int, generator: torch.Generator) -> list[torch.Tensor]:
         if self.objective == "contrast":
@@ -429,7 +436,7 @@ class SyncNetTask(Task):
     def describe(self) -> str:
         """Frames per face stack and pairs per epoch."""
         if self.objective == "contrast":
-            at = "" if self._targets() is None else f" drawn at speech ({self.speech.mean():.0%} of frames)"
+            at = "" if self.targets is None else f" drawn at speech ({self.speech.mean():.0%} of frames)"
             return (f"{self.frames} frame(s), contrast over runs of {self.chunk}{at}, "
                     f"≥{self.pairs_per_epoch} frames/epoch, ")
         return f"{self.frames} frame(s), ≥{self.pairs_per_epoch} pairs/epoch, "

@@ -63,7 +63,8 @@ def bench_render(ctx: Context) -> tuple[dict, list[str]]:
     bf16 = dev.type == "cuda" and not args.render_fp32
     common.set_backends(dev, fast=False)  # as `synctalk infer` runs: PyTorch's defaults
     kwargs = dict(dataset_dir=ctx.layout.root.parent, checkpoint=ckpt, batch_size=args.render_batch, device=dev,
-                  models_dir=ctx.models_dir, asr=ctx.asr, bf16=bf16, progress=args.progress)
+                  models_dir=ctx.models_dir, asr=ctx.asr, amp="bf16" if bf16 else "none",
+                  progress=args.progress)
     if dev.type == "cuda":  # CUDA context, cuDNN plans and ffmpeg start-up are not what a long render costs
         warm = common.write_wav(ctx.workdir / "audio" / "warmup_2s.wav", common.loop_to(speech, 2.0))
         render(ctx.layout.name, warm, ctx.workdir / "render" / "warmup.mp4", **kwargs)

@@ -69,6 +69,22 @@ def random_checkpoint(name: str, dataset_dir: Path, width: str, out_dir: Path) -
                                                   "asr": asr, "epoch": 0, "metrics": {}})
 
 
+def finished_streams(server, count: int, timeout: float = 10.0) -> list[dict]:
+    """The statistics of the last `count` closed streams (waiting for the server to close them)."""
+    import time
+
+    deadline = time.perf_counter() + timeout
+    while len(server.finished) < count and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    return server.finished[-count:]
+
+
+def stage_medians(stages: list) -> dict:
+    """Median ms of each stage of a frame's latency (worker.FrameJob.stages_ms)."""
+    names = ("queue", "draw", "jpeg", "send")
+    return {n: round(percentile([s[i] for s in stages], 50), 1) for i, n in enumerate(names)} if stages else {}
+
+
 def client_latency(result, lookahead: int, right_context: int) -> list[float]:
     """Per speech frame: arrival at the client − sending of the chunk that completed its window (ms)."""
     out = []
@@ -106,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=1.0,
                    help="the drift stream's audio clock runs this many times faster than real time")
     p.add_argument("--max_batch", type=int, default=16)
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"),
+                   help="the UNet's precision (auto: bf16 on a CUDA GPU, as the server's default)")
+    p.add_argument("--draw_threads", type=int, default=0, help="drawing threads (0: the server's default)")
     p.add_argument("--max_lag_ms", type=float, default=0.0,
                    help="streams shed frames later than this (0: every frame is drawn, as measured by default)")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
@@ -122,16 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         random_checkpoint(args.name, args.dataset_dir, args.random_unet, ckpt_dir)
     srv = BackgroundServer(ServerConfig(dataset_dir=args.dataset_dir, checkpoint_dir=ckpt_dir,
                                         work_dir=Path(tmp.name) / "work", device=args.device, names=[args.name],
-                                        max_batch=args.max_batch, bf16=args.bf16))
+                                        max_batch=args.max_batch, amp=args.amp,
+                                        draw_threads=args.draw_threads))
     report: dict = {}
     try:
         avatar = srv.server.pool.get(args.name)
         asr = avatar.asr
         la, rc = lookahead_frames(asr), right_context_samples(asr)
         print(f"{args.name}: {avatar.width_name} UNet, {asr} features, {avatar.width}x{avatar.height} frames, "
-              f"on {srv.server.device}; least delay of the audio window {min_delay_ms(asr):.0f} ms "
+              f"on {srv.server.device} ({'bf16' if srv.server.bf16 else 'fp32'}, {srv.server.worker.drawers} drawing "
+              f"thread(s)); least delay of the audio window {min_delay_ms(asr):.0f} ms "
               f"({la} frames of look-ahead + {1000 * rc / 16000:.0f} ms of extractor context)")
         report["setup"] = {"name": args.name, "width": avatar.width_name, "asr": asr, "device": str(srv.server.device),
+                           "bf16": srv.server.bf16, "draw_threads": srv.server.worker.drawers,
                            "min_delay_ms": min_delay_ms(asr), "frame_size": [avatar.width, avatar.height]}
         # warm-up: first batches pick kernels and fill caches
         asyncio.run(run_streams(srv.url, args.name, [speech_audio(args.audio, 2.0)], 4.0, args.chunk_ms))
@@ -140,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         srv.server.finished.clear()
         (res,) = asyncio.run(run_streams(srv.url, args.name, [speech_audio(args.audio, args.seconds)], 1.0,
                                          args.chunk_ms, args.max_lag_ms))
-        server_ms = srv.server.finished[-1]["latencies_ms"]
+        (stream,) = finished_streams(srv.server, 1)
+        server_ms, stages = stream["latencies_ms"], stream["stages_ms"]
         client_ms = client_latency(res, la, rc)
         report["latency"] = {"server_median_ms": percentile(server_ms, 50), "server_p99_ms": percentile(server_ms, 99),
                              "client_median_ms": percentile(client_ms, 50), "client_p99_ms": percentile(client_ms, 99),
@@ -148,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         # where the slow frames are: the worst ones by frame index, and the stream's first and last frames
         worst = sorted(range(len(server_ms)), key=lambda i: -server_ms[i])[:8]
         report["latency"]["worst"] = [[i, round(server_ms[i], 1)] for i in sorted(worst)]
+        # each of those split into: waiting for a drawing thread, drawing, JPEG, waiting to be sent
+        report["latency"]["worst_stages"] = [[i, *[round(x, 1) for x in stages[i]]] for i in sorted(worst)]
+        report["latency"]["stages_median_ms"] = stage_medians(stages)
         report["latency"]["first"] = [round(x, 1) for x in server_ms[:5]]
         report["latency"]["last"] = [round(x, 1) for x in server_ms[-12:]]
         L = report["latency"]
@@ -155,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
               f"median {L['server_median_ms']:.1f} ms, p99 {L['server_p99_ms']:.1f} ms "
               f"(at the client: median {L['client_median_ms']:.1f} ms, p99 {L['client_p99_ms']:.1f} ms)")
         print(f"  slowest frames (index, ms): {L['worst']}; first {L['first']}; last {L['last']}")
+        print(f"  median stages (ms): {L['stages_median_ms']}; slowest frames' stages (index, queue, draw, jpeg, send): "
+              f"{L['worst_stages']}")
 
         # 2. N streams at once: sustained fps per stream
         if args.streams > 0:
@@ -172,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                 n_frames = len(r.speech)
                 t = [a for f, a in zip(r.frames, r.arrived) if f.kind == 1 and 25 <= f.index < n_frames - 10]
                 fps.append((len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0)
-            lat = [x for d in srv.server.finished[-args.streams:] for x in d["latencies_ms"]]
+            done = finished_streams(srv.server, args.streams + 1)[1:]  # after the latency stream's
+            lat = [x for d in done for x in d["latencies_ms"]]
             nb = srv.server.worker.batches - batches0
             report["throughput"] = {"streams": args.streams, "fps_min": min(fps), "fps_median": percentile(fps, 50),
                                     "shed_frames": srv.server.worker.shed - shed0,
                                     "latency_median_ms": percentile(lat, 50), "latency_p99_ms": percentile(lat, 99),
+                                    "stages_median_ms": stage_medians([s for d in done for s in d["stages_ms"]]),
                                     "mean_batch": (srv.server.worker.frames - frames0) / max(nb, 1),
                                     "draw_ms_per_batch": 1000 * (srv.server.worker.draw_seconds - draw0) / max(nb, 1),
                                     "encode_ms_per_frame": 1000 * (srv.server.worker.encode_seconds - enc0)
@@ -186,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"median {T['fps_median']:.2f}; latency median {T['latency_median_ms']:.1f} ms, "
                   f"p99 {T['latency_p99_ms']:.1f} ms; mean batch {T['mean_batch']:.1f} frames, drawn in "
                   f"{T['draw_ms_per_batch']:.1f} ms, JPEG {T['encode_ms_per_frame']:.1f} ms a frame"
-                  + (f"; {T['shed_frames']} frames shed" if args.max_lag_ms else ""))
+                  + (f"; {T['shed_frames']} frames shed" if args.max_lag_ms else "")
+                  + f"; median stages (ms) {T['stages_median_ms']}")
 
         # 3. drift over a long stream
         if args.drift_minutes > 0:

@@ -22,7 +22,8 @@ import torch
 from synctalk.data import FrameData
 from synctalk.training.checkpoint import unwrap
 from synctalk.training.loop import Speed, time_steps
-from synctalk.training.runtime import Distributed, make_adam, resolve_amp, scaled_lr
+from synctalk.device import resolve_amp
+from synctalk.training.runtime import Distributed, make_adam, scaled_lr
 from synctalk.training.syncnet import SyncNetTask
 from synctalk.training.unet import UNetTask, evaluate_unet
 from unet_328 import SyncNet, build_unet

@@ -17,6 +17,23 @@ def resolve_device(spec: "str | None" = "auto"):
     return dev
 
 
+def resolve_amp(amp: str, device) -> str:
+    """'auto' → bf16 on a GPU that supports it, else none; checks explicit choices (auto, bf16, fp16, none)."""
+    import torch
+
+    from .errors import SyncTalkError
+
+    if amp not in ("auto", "bf16", "fp16", "none"):
+        raise SyncTalkError(f"--amp must be auto, bf16, fp16 or none, got {amp!r}")
+    if amp == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "none"
+    if amp == "fp16" and device.type != "cuda":
+        raise SyncTalkError("--amp fp16 needs a CUDA device; use bf16 or none on the CPU")
+    return amp
+
+
 def usable_cpus() -> int:
     """CPU cores this process may run on (its affinity mask, e.g. a container's or taskset's; else all)."""
     import os

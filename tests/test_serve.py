@@ -27,8 +27,9 @@ def person(tmp_path_factory) -> SimpleNamespace:
 def _config(person, work: Path, **kw):
     from synctalk.serve.app import ServerConfig
 
+    kw = {"max_batch": 8, **kw}
     return ServerConfig(dataset_dir=person.dataset_dir, checkpoint_dir=person.checkpoint_dir, work_dir=work,
-                        device="cpu", max_batch=8, models_dir=MODELS, **kw)
+                        device="cpu", models_dir=MODELS, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +206,49 @@ def test_concurrent_streams_share_batches(server):
     for r in results:
         assert [f.index for f in r.speech] == list(range(75))
     assert server.server.worker.shared_batches > shared0
+
+
+def test_two_drawing_threads_keep_each_stream_in_order(person, tmp_path):
+    """With two drawing threads (a GPU server's default) batches are drawn by both, frames still sent in order."""
+    from synctalk.serve.app import BackgroundServer
+    from synctalk.serve.client import stream_audio
+
+    srv = BackgroundServer(_config(person, tmp_path, draw_threads=2, max_batch=2))
+    try:
+        async def both():
+            return await asyncio.gather(*[stream_audio(srv.url, NAME, speech(2.0, offset=o), chunk_ms=500)
+                                          for o in (1.0, 5.0)])
+
+        for r in asyncio.run(both()):
+            assert [f.index for f in r.speech] == list(range(50))
+        assert srv.server.worker.drawers == 2 and min(srv.server.worker.thread_batches) > 0
+        stages = srv.server.finished[-1]["stages_ms"]  # where each frame's latency went, all measured
+        assert len(stages) == 50 and all(len(s) == 4 and min(s) >= 0 for s in stages)
+    finally:
+        srv.stop()
+
+
+def test_warm_up_runs_on_every_drawing_thread(monkeypatch):
+    """cuDNN keeps its kernel choices per thread: each drawing thread warms a new avatar up itself."""
+    import threading
+
+    from synctalk.serve import worker as worker_mod
+
+    seen = []
+    monkeypatch.setattr(worker_mod, "warm_up", lambda avatar, max_batch: seen.append(threading.current_thread().name))
+    w = worker_mod.BatchWorker(4, encoders=1, drawers=2)
+    try:
+        w.warm(object())
+        assert sorted(seen) == sorted(t.name for t in w._threads)
+
+        def broken(avatar, max_batch):
+            raise RuntimeError("no kernel")
+
+        monkeypatch.setattr(worker_mod, "warm_up", broken)
+        with pytest.raises(RuntimeError, match="no kernel"):
+            w.warm(object())
+    finally:
+        w.close()
 
 
 def test_a_late_live_stream_sheds_frames_instead_of_falling_behind(server):

@@ -14,6 +14,13 @@ from pathlib import Path
 from .pipeline import render
 
 
+def add_amp_flags(p: argparse.ArgumentParser) -> None:
+    """--amp (and its older spelling --bf16) for the commands that run the UNet for frames: infer, serve."""
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"),
+                   help="precision of the UNet (auto: bf16 autocast on a CUDA GPU, fp32 on the CPU)")
+    p.add_argument("--bf16", dest="amp", action="store_const", const="bf16", help="the same as --amp bf16")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `synctalk infer` / scripts/inference_328.py."""
     from ..audio.registry import ASR_MODELS
@@ -32,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models_dir", default=None, type=Path, help="where audio model weights are looked for first")
     p.add_argument("--asr", default=None, choices=ASR_MODELS,
                    help="audio model (default: the checkpoint's; a different one is an error)")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on a CUDA GPU (faster)")
+    add_amp_flags(p)
     p.add_argument("--no_silence", action="store_true",
                    help="generate pauses like speech (default: pauses of 0.3 s or more show the resting mouth)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -43,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
     render(args.name, args.audio_path, args.output, dataset_dir=args.dataset_dir,
            checkpoint_dir=args.checkpoint_dir, checkpoint=args.checkpoint, start_frame=args.start_frame,
            loop_back=args.loop_back, batch_size=args.batch_size, device=args.device, models_dir=args.models_dir,
-           asr=args.asr, bf16=args.bf16, silence=not args.no_silence, progress=not args.no_progress)
+           asr=args.asr, amp=args.amp, silence=not args.no_silence, progress=not args.no_progress)
     return 0

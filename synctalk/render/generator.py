@@ -120,6 +120,18 @@ def fuse_conv_bn(model: Any) -> Any:
     return model
 
 
+INFERENCE_AMP = ("auto", "bf16", "none")  # what --amp of infer and serve takes (fp16 is training's only)
+
+
+def inference_bf16(amp: str, device: Any) -> bool:
+    """Whether a render or a server on `device` runs the UNet under bf16 autocast (auto: on a CUDA GPU)."""
+    from ..device import resolve_amp
+
+    if amp not in INFERENCE_AMP:
+        raise SyncTalkError(f"--amp must be one of {', '.join(INFERENCE_AMP)} for rendering, got {amp!r}")
+    return resolve_amp(amp, device) == "bf16"
+
+
 class Generator:
     """A loaded UNet with its mask and audio model: crops + audio windows → generated 328 crops."""
 

@@ -22,7 +22,7 @@ from ..constants import CROP_SIZE, FPS, SAMPLE_RATE
 from ..errors import SyncTalkError
 from ..layout import DatasetLayout, dataset_layout
 from .frames import FrameSink, _read_frame, cv2_shape, load_boxes, pingpong_indices, prefetch_frames
-from .generator import Generator, crops_to_uint8, load_generator, resolve_checkpoint
+from .generator import Generator, crops_to_uint8, inference_bf16, load_generator, resolve_checkpoint
 from .paste import paste_back, paste_back_torch
 from .silence import dataset_resting_frames, generation_weights, rest_sources, rest_weights, voice_activity
 
@@ -222,13 +222,14 @@ def render(name: str, audio_path: str | Path, output: str | Path | None = None, 
            dataset_dir: str | Path = "dataset", checkpoint_dir: str | Path = "checkpoint",
            checkpoint: str | Path | None = None, start_frame: int = 0, loop_back: bool = False,
            batch_size: int = 16, device: Any = "auto", models_dir: str | Path | None = None,
-           asr: str | None = None, bf16: bool = False, silence: bool = True, progress: bool = True,
+           asr: str | None = None, amp: str = "auto", silence: bool = True, progress: bool = True,
            generator: Generator | None = None) -> RenderResult:
     """Render `audio_path` as speech of `name`; write an H.264 + AAC MP4 to `output`.
 
     With `silence` pauses of at least 0.3 s get the person's resting mouth (see render.silence);
-    without it only silence at the very start and end shows the real frames. `generator` replaces
-    the checkpoint's UNet (anything with Generator's call, device and spec).
+    without it only silence at the very start and end shows the real frames. `amp`: auto (bf16
+    autocast on a CUDA GPU, fp32 elsewhere), bf16 or none. `generator` replaces the checkpoint's UNet
+    (anything with Generator's call, device and spec).
     """
     import torch
     from tqdm import tqdm
@@ -257,8 +258,9 @@ def render(name: str, audio_path: str | Path, output: str | Path | None = None, 
     if generator is None:
         dev = resolve_device(device) if isinstance(device, str) or device is None else torch.device(device)
         model, ckpt = load_generator(ckpt_path, dev, asr=asr, layout=layout)
-        gen = Generator(model, ckpt, dev, bf16=bf16, pad_to=batch_size)
-        what = f"{ckpt_path} ({gen.asr}, {(ckpt.get('config') or {}).get('width', 'full')})"
+        gen = Generator(model, ckpt, dev, bf16=inference_bf16(amp, dev), pad_to=batch_size)
+        what = (f"{ckpt_path} ({gen.asr}, {(ckpt.get('config') or {}).get('width', 'full')}"
+                f"{', bf16' if gen.bf16 else ''})")
     else:
         gen, dev, what = generator, generator.device, f"a given generator ({generator.asr})"
     out_path = Path(output) if output else default_output(name, audio_path, ckpt_path or Path("generator"))

@@ -59,7 +59,8 @@ class ServerConfig:
     token: str | None = None
     names: list[str] = field(default_factory=list)  # avatars loaded at start
     max_batch: int = 16
-    bf16: bool = False
+    amp: str = "auto"  # the UNet's precision: auto (bf16 on a CUDA GPU), bf16, none
+    draw_threads: int = 0  # 0: two on a CUDA device, one on the CPU
     max_audio_mb: float = 50.0
     max_video_mb: float = 500.0
     models_dir: Path | None = None
@@ -70,15 +71,18 @@ class Server:
 
     def __init__(self, cfg: ServerConfig) -> None:
         from ..device import resolve_device
+        from ..render.generator import inference_bf16
         from .avatar import AvatarPool
         from .jobs import JobRunner
         from .worker import BatchWorker
 
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.pool = AvatarPool(cfg.dataset_dir, cfg.checkpoint_dir, self.device, bf16=cfg.bf16,
-                               max_batch=cfg.max_batch, models_dir=cfg.models_dir)
-        self.worker = BatchWorker(cfg.max_batch)
+        self.bf16 = inference_bf16(cfg.amp, self.device)
+        drawers = cfg.draw_threads or (2 if self.device.type == "cuda" else 1)
+        self.worker = BatchWorker(cfg.max_batch, drawers=drawers)
+        self.pool = AvatarPool(cfg.dataset_dir, cfg.checkpoint_dir, self.device, bf16=self.bf16,
+                               models_dir=cfg.models_dir, warm=self.worker.warm)
         self.jobs = JobRunner(Path(cfg.work_dir) / "jobs", cfg.dataset_dir, cfg.checkpoint_dir, str(self.device))
         self.uploads = Path(cfg.work_dir) / "uploads"
         self.sessions: set = set()  # the open streams
@@ -499,6 +503,7 @@ async def _stream(request: Any, server: Server) -> Any:
             session.close()
             server.sessions.discard(session)
             server.finished.append({"name": session.avatar.name, "latencies_ms": session.latencies_ms,
+                                    "stages_ms": session.stages_ms,
                                     "speech": session.sent_speech, "idle": session.sent_idle})
             del server.finished[:-1000]
         if sender is not None:

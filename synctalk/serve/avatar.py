@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -88,25 +88,26 @@ class AvatarPool:
     """Avatars loaded on first use and kept on the device until the server stops."""
 
     def __init__(self, dataset_dir: Path, checkpoint_dir: Path, device: Any, *, bf16: bool = False,
-                 max_batch: int = 16, models_dir: Path | None = None) -> None:
+                 models_dir: Path | None = None,
+                 warm: "Callable[[Avatar], None] | None" = None) -> None:
+        """`warm(avatar)` readies a newly loaded avatar on the threads that will draw it (BatchWorker.warm)."""
         self.models_dir = models_dir
         self.dataset_dir = Path(dataset_dir)
         self.checkpoint_dir = Path(checkpoint_dir)
         self.device = device
         self.bf16 = bf16
-        self.max_batch = max_batch
+        self.warm = warm
         self._avatars: dict[str, Avatar] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Avatar:
         """The loaded avatar `name` (loading it now if needed; SyncTalkError when it cannot be)."""
-        from .worker import warm_up
-
         validate_name(name)
         with self._lock:
             if name not in self._avatars:
                 avatar = Avatar(name, self.dataset_dir, self.checkpoint_dir, self.device, bf16=self.bf16)
-                warm_up(avatar, self.max_batch)
+                if self.warm is not None:
+                    self.warm(avatar)
                 if avatar.asr != "mel":  # its audio encoder too, before a stream needs it
                     from .features import loaded_encoder
 

@@ -21,6 +21,8 @@ def is_loopback(host: str) -> bool:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `synctalk serve`."""
+    from ..render.command import add_amp_flags
+
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--names", default="", help="avatars to load at start, comma-separated (others load on first use)")
@@ -32,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work_dir", default="serve_work", type=Path, help="uploads, job logs and rendered files")
     p.add_argument("--models_dir", default=None, type=Path, help="where audio model weights are looked for first")
     p.add_argument("--max_batch", type=int, default=16, help="frames per network batch across all streams")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on a CUDA GPU")
+    add_amp_flags(p)
     p.add_argument("--max_audio_mb", type=float, default=50.0, help="largest audio upload")
     p.add_argument("--max_video_mb", type=float, default=500.0, help="largest video upload")
 
@@ -50,7 +52,7 @@ def config_from_args(args: argparse.Namespace):
         raise SyncTalkError(f"--max_batch must be at least 1, got {args.max_batch}")
     names = [validate_name(n.strip()) for n in args.names.split(",") if n.strip()]
     return ServerConfig(dataset_dir=args.dataset_dir, checkpoint_dir=args.checkpoint_dir, work_dir=args.work_dir,
-                        device=args.device, token=args.token, names=names, max_batch=args.max_batch, bf16=args.bf16,
+                        device=args.device, token=args.token, names=names, max_batch=args.max_batch, amp=args.amp,
                         max_audio_mb=args.max_audio_mb, max_video_mb=args.max_video_mb, models_dir=args.models_dir)
 
 

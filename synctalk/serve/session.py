@@ -116,6 +116,7 @@ class StreamSession:
         self.closed = False
         self.error: BaseException | None = None
         self.latencies_ms: list[float] = []  # window complete → frame sent, per speech frame
+        self.stages_ms: list[tuple[float, ...]] = []  # per speech frame: where that time went (FrameJob.stages_ms)
         self.sent_speech = 0
         self.sent_idle = 0
 
@@ -208,7 +209,9 @@ class StreamSession:
                     if due > now:
                         await asyncio.sleep(due - now)
                 await self.send(pack_frame(KIND_SPEECH, self.seq, k, job.source, jpeg, FPS))
-                self.latencies_ms.append(1000.0 * (time.perf_counter() - job.t_ready))
+                t_sent = time.perf_counter()
+                self.latencies_ms.append(1000.0 * (t_sent - job.t_ready))
+                self.stages_ms.append(job.stages_ms(t_sent))
                 self.seq += 1
                 self.sent_speech += 1
                 self.next_send += 1

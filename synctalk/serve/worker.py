@@ -1,9 +1,11 @@
-"""One thread per device that draws every session's ready frames, batched across sessions.
+"""The drawing threads of a device: every session's ready frames, batched across sessions.
 
-Sessions `submit` frame jobs as soon as a frame's audio window is complete; the worker takes the oldest
-job's avatar and up to `max_batch` waiting jobs of that avatar (from any session), runs the UNet once,
-pastes the mouths back and hands the frames to a small JPEG thread pool (cv2 releases the GIL), which
-gives each frame back to its session through the job's callback while the device runs the next batch.
+Sessions `submit` frame jobs as soon as a frame's audio window is complete; a drawing thread takes the
+oldest job's avatar and up to `max_batch` waiting jobs of that avatar (from any session), runs the UNet
+once, pastes the mouths back and hands the frames to a small JPEG thread pool (cv2 releases the GIL),
+which gives each frame back to its session through the job's callback. On a GPU two drawing threads
+take turns, so one prepares its batch on the host (frames, crops, the paste-back's regions) while the
+device runs the other's; a session puts its frames back in order whichever thread drew them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ class FrameJob:
     max_side: int = 0  # scale the sent frame down so its longer side is at most this (0: as is)
     max_lag: float = 0.0  # seconds: a frame taken later than this after t_ready shows the real mouth (0: off)
     t_ready: float = field(default_factory=time.perf_counter)  # when its audio window was complete
-    t_drawn: float = 0.0
+    t_taken: float = 0.0  # a drawing thread took it
+    t_drawn: float = 0.0  # its batch was drawn (network + paste-back)
+    t_encoded: float = 0.0  # its JPEG was made
+
+    def stages_ms(self, t_sent: float) -> tuple[float, float, float, float]:
+        """Where its latency went (ms): waiting for a drawing thread, drawing, JPEG, waiting to be sent."""
+        return (1000.0 * (self.t_taken - self.t_ready), 1000.0 * (self.t_drawn - self.t_taken),
+                1000.0 * (self.t_encoded - self.t_drawn), 1000.0 * (t_sent - self.t_encoded))
 
 
 def batch_bucket(n: int, max_batch: int) -> int:
@@ -50,8 +59,15 @@ def batch_bucket(n: int, max_batch: int) -> int:
 
 
 def warm_up(avatar: Any, max_batch: int) -> None:
-    """Run the network once at every bucket size so no stream pays for kernel selection (GPU only)."""
+    """Draw once at every bucket size so no stream pays for kernel selection (GPU only).
+
+    cuDNN's execution plans are cached per thread, so this must run on the thread that will draw
+    (BatchWorker.warm runs it on each): warmed on another thread, the first batch of a new size on the
+    drawing thread still spent seconds choosing kernels for every convolution.
+    """
     import torch
+
+    from ..render import paste_back_torch
 
     gen = avatar.generator
     if gen.device.type != "cuda":
@@ -61,7 +77,9 @@ def warm_up(avatar: Any, max_batch: int) -> None:
     while True:
         crops = np.repeat(avatar.crop(0)[None], b, axis=0)
         feats = torch.zeros((b * spec.window, *spec.frame_shape), device=gen.device)
-        gen(crops, feats, [i * spec.window + spec.left for i in range(b)])
+        out = gen(crops, feats, [i * spec.window + spec.left for i in range(b)])
+        if b == 1:
+            paste_back_torch([avatar.frame(0).copy()], out, [avatar.boxes[0]], [1.0])
         if b >= max_batch:
             break
         b = min(2 * b, max_batch)
@@ -83,11 +101,17 @@ def encode_jpeg(frame: np.ndarray, quality: int, max_side: int = 0) -> bytes:
 
 
 class BatchWorker:
-    """The device's one drawing thread; `submit` from any thread, callbacks run on the worker thread."""
+    """The device's drawing threads; `submit` from any thread, callbacks run on the JPEG threads.
 
-    def __init__(self, max_batch: int = 16, encoders: int = 0) -> None:
+    `drawers`: how many drawing threads (the server runs two on a CUDA device, where the host work of
+    one batch overlaps the device work of another, and one on the CPU, whose network uses every core).
+    """
+
+    def __init__(self, max_batch: int = 16, encoders: int = 0, drawers: int = 1) -> None:
         self.max_batch = max(1, int(max_batch))
         self._jobs: list[FrameJob] = []
+        drawers = max(1, int(drawers))
+        self._warm: list[list[tuple[Any, threading.Event, list]]] = [[] for _ in range(drawers)]  # per thread
         self._cond = threading.Condition()
         self._stop = False
         from ..device import usable_cpus
@@ -103,8 +127,13 @@ class BatchWorker:
         self.encode_seconds = 0.0  # JPEG encoding, summed over the encoder threads
         # the GPU path (bucketed batches, paste-back with torch on the device): None = when on CUDA
         self.gpu_path: bool | None = None
-        self._thread = threading.Thread(target=self._run, name="synctalk-serve-worker", daemon=True)
-        self._thread.start()
+        self._stats = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"synctalk-serve-draw{i}", daemon=True)
+                         for i in range(drawers)]
+        self.drawers = len(self._threads)
+        self.thread_batches = [0] * drawers  # batches each drawing thread drew
+        for t in self._threads:
+            t.start()
 
     def submit(self, jobs: list[FrameJob]) -> None:
         """Queue frames (in the order they must be drawn within their session)."""
@@ -114,25 +143,45 @@ class BatchWorker:
             self._jobs.extend(jobs)
             self._cond.notify()
 
+    def warm(self, avatar: Any) -> None:
+        """Warm `avatar` up on every drawing thread (warm_up) and wait for them; errors are raised here."""
+        waits = []
+        with self._cond:
+            for queue in self._warm:
+                done, errors = threading.Event(), []
+                queue.append((avatar, done, errors))
+                waits.append((done, errors))
+            self._cond.notify_all()
+        for done, errors in waits:
+            while not done.wait(0.5):
+                if self._stop:
+                    return
+            if errors:
+                raise errors[0]
+
     def pending(self) -> int:
         """Jobs waiting for the worker."""
         with self._cond:
             return len(self._jobs)
 
     def close(self) -> None:
-        """Stop the thread after the batch in hand."""
+        """Stop the threads after the batches in hand."""
         with self._cond:
             self._stop = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=10)
         self._pool.shutdown(wait=False)
 
-    def _take(self) -> list[FrameJob] | None:
+    def _take(self, i: int) -> list[FrameJob] | tuple | None:
+        """Thread i's next work: a warm-up request of its own, a batch, or None (stop)."""
         with self._cond:
-            while not self._jobs and not self._stop:
+            while not self._jobs and not self._warm[i] and not self._stop:
                 self._cond.wait()
             if self._stop:
                 return None
+            if self._warm[i]:
+                return self._warm[i].pop(0)
             # a viewer who has gone needs no more frames
             self._jobs = [j for j in self._jobs if not getattr(j.owner, "closed", False)]
             if not self._jobs:
@@ -142,13 +191,26 @@ class BatchWorker:
             for j in self._jobs:
                 (batch if j.avatar is avatar and len(batch) < self.max_batch else rest).append(j)
             self._jobs = rest
+            if rest:  # another drawing thread can start on them now
+                self._cond.notify()
+            now = time.perf_counter()
+            for j in batch:
+                j.t_taken = now
             return batch
 
-    def _run(self) -> None:
+    def _run(self, i: int) -> None:
         while True:
-            batch = self._take()
+            batch = self._take(i)
             if batch is None:
                 return
+            if isinstance(batch, tuple):  # a warm-up request for this thread
+                avatar, done, errors = batch
+                try:
+                    warm_up(avatar, self.max_batch)
+                except BaseException as exc:
+                    errors.append(exc)
+                done.set()
+                continue
             if not batch:
                 continue
             t0 = time.perf_counter()
@@ -158,10 +220,12 @@ class BatchWorker:
                 for j in batch:
                     j.failed(j, exc)
                 continue
-            self.draw_seconds += time.perf_counter() - t0
-            self.batches += 1
-            self.frames += len(batch)
-            self.shared_batches += len({id(j.owner) for j in batch}) > 1
+            with self._stats:
+                self.draw_seconds += time.perf_counter() - t0
+                self.batches += 1
+                self.thread_batches[i] += 1
+                self.frames += len(batch)
+                self.shared_batches += len({id(j.owner) for j in batch}) > 1
             # encoding overlaps the next batch on the device; sessions put frames back in order
             for j, f in zip(batch, frames):
                 self._pool.submit(self._encode, j, f)
@@ -173,7 +237,8 @@ class BatchWorker:
         except BaseException as exc:
             job.failed(job, exc)
             return
-        self.encode_seconds += time.perf_counter() - t0  # a statistic: a lost update under threads is harmless
+        job.t_encoded = time.perf_counter()
+        self.encode_seconds += job.t_encoded - t0  # a statistic: a lost update under threads is harmless
         job.done(job, jpeg)
 
     def draw(self, batch: list[FrameJob]) -> list[np.ndarray]:
@@ -189,7 +254,8 @@ class BatchWorker:
         now = time.perf_counter()
         # a device that has fallen behind a live stream sheds work instead of falling further behind
         late = [j.max_lag > 0 and now - j.t_ready > j.max_lag for j in batch]
-        self.shed += sum(late)
+        with self._stats:
+            self.shed += sum(late)
         todo = [i for i, j in enumerate(batch) if j.weight > 0 and not late[i]]
         if todo:
             crops = np.stack([avatar.crop(batch[i].source) for i in todo])

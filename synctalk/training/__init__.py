@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 _RUNTIME = ("Distributed", "autocast", "batches", "begin_step", "check_finite", "configure_backends",
-            "load_optimizer_state", "make_adam", "make_scaler", "maybe_compile", "prepare_module", "resolve_amp",
+            "load_optimizer_state", "make_adam", "make_scaler", "maybe_compile", "prepare_module",
             "restore_rng_state", "rng_state", "scaled_lr", "synchronize", "use_graphs")
 
 

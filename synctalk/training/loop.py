@@ -33,11 +33,12 @@ from ..data import FrameData, check_preprocessed, resolve_asr
 from ..errors import SyncTalkError
 from ..fileio import remove_stale_temps
 from ..layout import DatasetLayout, dataset_layout
+from ..device import resolve_amp
 from ..state import PREPROCESSING, TrainingState
 from .checkpoint import best_path, epoch_payload, latest_path, restart_or_resume, save_checkpoint, write_epoch
 from .config import CONFIG_FILE, RunConfig, frozen_keys, write_run_config
 from .runtime import (Distributed, check_finite, configure_backends, load_optimizer_state, make_adam,
-                      make_scaler, maybe_compile, prepare_module, resolve_amp, restore_rng_state, rng_state,
+                      make_scaler, maybe_compile, prepare_module, restore_rng_state, rng_state,
                       synchronize)
 
 GRAPHS_ONE_GPU = "--cuda_graphs trains on one GPU: drop it for a run on several (--gpus, torchrun)"

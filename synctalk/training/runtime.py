@@ -215,18 +215,6 @@ class Distributed:
             print(*parts, flush=True)
 
 
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """'auto' → bf16 on a GPU that supports it, else none; checks explicit choices."""
-
-    if amp not in ("auto", "bf16", "fp16", "none"):
-        raise SyncTalkError(f"--amp must be auto, bf16, fp16 or none, got {amp!r}")
-    if amp == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "none"
-    if amp == "fp16" and device.type != "cuda":
-        raise SyncTalkError("--amp fp16 needs a CUDA device; use bf16 or none on the CPU")
-    return amp
 
 
 def autocast(device: torch.device, amp: str) -> "contextlib.AbstractContextManager[Any]":

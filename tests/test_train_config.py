@@ -167,6 +167,31 @@ def test_quick_is_a_preset_under_what_was_typed() -> None:
     assert merge_config(UNetConfig, {"name": "ann"}).width is None
 
 
+def test_epochs_follow_the_video_when_not_given(tmp_path: Path, capsys) -> None:
+    """No --epochs: the UNet's follows the training frames (about 170,000 shown, 10..200), the SyncNet's is 50;
+    a typed --epochs wins, and a resumed run keeps the number it started with."""
+    from synctalk.layout import dataset_layout
+    from synctalk.state import PREPROCESSING, TrainingState
+    from synctalk.training.commands import resolve_config
+    from synctalk.training.config import SyncNetConfig, UNetConfig, write_run_config
+
+    layout = dataset_layout(tmp_path / "dataset", "ann")
+    layout.root.mkdir(parents=True)
+    TrainingState(layout.state_file).update(PREPROCESSING, frame_count=7451)  # five minutes: 6,706 to train on
+    opts = {"name": "ann", "dataset_dir": str(tmp_path / "dataset"), "checkpoint_dir": str(tmp_path / "ck")}
+    assert resolve_config(UNetConfig, opts).epochs == 26
+    assert "26 (6,706 training frames × 26 = 174,356 frames shown)" in capsys.readouterr().out
+    assert resolve_config(SyncNetConfig, opts).epochs == 50
+    assert resolve_config(UNetConfig, {**opts, "epochs": 3}).epochs == 3
+    TrainingState(layout.state_file).update(PREPROCESSING, frame_count=100)  # four seconds: bounded at 200
+    assert resolve_config(UNetConfig, opts).epochs == 200
+    cfg = resolve_config(UNetConfig, opts)
+    write_run_config(cfg.run_dir(), {"options": {"epochs": 26}})  # the run started when the video was longer
+    assert resolve_config(UNetConfig, opts).epochs == 26
+    assert resolve_config(UNetConfig, {**opts, "restart": True}).epochs == 200
+    assert resolve_config(UNetConfig, {**opts, "name": "nobody"}).epochs == 100  # not preprocessed yet
+
+
 def test_perceptual_auto_says_why_it_trains_without_vgg19(tmp_path: Path, capsys) -> None:
     from synctalk.training.runtime import Distributed
     from synctalk.training.unet import choose_perceptual

@@ -59,7 +59,9 @@ class RunConfig:
     av_offset: str = opt("auto", "the video's audio/lip offset in frames, positive when the lips move after the "
                                  "sound; frame i then learns from audio window i - N (auto: the offset preprocessing "
                                  "measured, 0 when none)", frozen=True)
-    epochs: int = opt(100, "total epochs (a resumed run trains up to this many)", flags=("--epochs", "--num_epochs"))
+    epochs: int | None = opt(None, "total epochs (a resumed run trains up to this many; default: SyncNet 50, UNet "
+                                   "as many as show it about 170,000 training frames, 10 to 200: 26 for five minutes "
+                                   "of video)", flags=("--epochs", "--num_epochs"), type=int)
     batch_size: int | None = opt(None, "batch size per process (auto: 32 UNet / 128 SyncNet on a GPU, 8 / 16 on "
                                        "the CPU); with N GPUs the effective batch is N × batchsize",
                                  flags=("--batchsize", "--batch_size"), type=int)
@@ -102,6 +104,12 @@ class RunConfig:
         """The folder of this run's checkpoints and config.json."""
         raise NotImplementedError
 
+    @classmethod
+    def auto_epochs(cls, train_frames: int | None) -> tuple[int, str]:
+        """--epochs when none is given, for a person with `train_frames` training frames (None: unknown),
+        and why, in words."""
+        raise NotImplementedError
+
 
 @dataclass
 class SyncNetConfig(RunConfig):
@@ -129,6 +137,15 @@ class SyncNetConfig(RunConfig):
     def run_dir(self) -> Path:
         """checkpoint/<name>/syncnet."""
         return checkpoint_layout(self.checkpoint_dir, self.person()[1]).syncnet_dir
+
+    # an epoch draws a fixed number of pairs whatever the video's length; every measured run (30-60
+    # epochs on grid_s1_5min) found its best held-out epoch within its first 54
+    AUTO_EPOCHS: ClassVar[int] = 50
+
+    @classmethod
+    def auto_epochs(cls, train_frames: int | None) -> tuple[int, str]:
+        """A fixed 50: a SyncNet epoch is at least --pairs_per_epoch pairs, however long the video."""
+        return cls.AUTO_EPOCHS, "the SyncNet's default; its epochs draw a fixed number of pairs"
 
 
 @dataclass
@@ -168,6 +185,21 @@ class UNetConfig(RunConfig):
     def run_dir(self) -> Path:
         """--save_dir, else checkpoint/<name>."""
         return Path(self.save_dir) if self.save_dir else checkpoint_layout(self.checkpoint_dir, self.person()[1]).unet_dir
+
+    # an epoch is one pass over the training frames, so the default follows the video's length: about
+    # 170,000 frames shown (grid_s1_5min's held-out PSNR levelled off after 8-13 epochs of 6,706
+    # frames, and 25 epochs learnt sync), bounded for very short and very long videos
+    EPOCH_FRAMES: ClassVar[int] = 170_000
+    EPOCH_RANGE: ClassVar[tuple[int, int]] = (10, 200)
+
+    @classmethod
+    def auto_epochs(cls, train_frames: int | None) -> tuple[int, str]:
+        """ceil(170,000 / training frames), within 10..200 (100 when the frame count is unknown)."""
+        if not train_frames:
+            return 100, "the frame count is not known yet"
+        lo, hi = cls.EPOCH_RANGE
+        n = min(hi, max(lo, -(-cls.EPOCH_FRAMES // int(train_frames))))
+        return n, f"{int(train_frames):,} training frames × {n} = {int(train_frames) * n:,} frames shown"
 
 
 def resolve_person(name: str | None, dataset_dir: str | Path | None) -> tuple[Path, str]:

@@ -74,7 +74,7 @@ def launch_torchrun(command: str, cls: type, explicit: Mapping[str, Any], nproc:
 def check_options(cfg: RunConfig) -> None:
     """The option checks that need no dataset (before any process starts)."""
     cfg.person()
-    if cfg.epochs < 1:
+    if cfg.epochs is not None and cfg.epochs < 1:
         raise SyncTalkError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.batch_size is not None and cfg.batch_size < 2:
         raise SyncTalkError(f"--batchsize must be at least 2 (BatchNorm), got {cfg.batch_size}")
@@ -85,13 +85,35 @@ def check_options(cfg: RunConfig) -> None:
 
 
 def resolve_config(cls: type, explicit: Mapping[str, Any]) -> RunConfig:
-    """The run's options: the command line over the run's saved config.json (unless --restart)."""
+    """The run's options: the command line over the run's saved config.json (unless --restart);
+    --epochs, when neither gives it, from the person's training frames (`auto_epochs`)."""
     first = merge_config(cls, explicit)
     check_options(first)
-    if first.restart:
-        return first
-    run_dir = first.run_dir()
-    return merge_config(cls, explicit, saved_options(run_dir), source=run_dir / CONFIG_FILE)
+    cfg = first
+    if not first.restart:
+        run_dir = first.run_dir()
+        cfg = merge_config(cls, explicit, saved_options(run_dir), source=run_dir / CONFIG_FILE)
+    if cfg.epochs is None:
+        cfg.epochs, why = cls.auto_epochs(train_frames(cfg))
+        print(f"--epochs not given: {cfg.epochs} ({why})", flush=True)
+    return cfg
+
+
+def train_frames(cfg: RunConfig) -> int | None:
+    """The person's training frames (all but the held-out tail), from the dataset's state file; None
+    when it is not preprocessed yet (the run then stops with that error itself)."""
+    from ...data.samples import split_indices
+    from ...layout import dataset_layout
+    from ...state import PREPROCESSING, TrainingState
+
+    try:
+        layout = dataset_layout(*cfg.person())
+        if not layout.state_file.exists():
+            return None
+        count = TrainingState(layout.state_file).section(PREPROCESSING).get("frame_count")
+        return len(split_indices(int(count), cfg.val_fraction)[0]) if count else None
+    except (SyncTalkError, OSError, ValueError, TypeError):
+        return None
 
 
 LOCK_HELD_ENV = "SYNCTALK_RUN_LOCK_HELD"  # set for the processes of a run whose launcher holds its lock

@@ -504,10 +504,14 @@ def test_silence_in_a_stream_eases_back_to_the_real_frame():
     gate = SilenceGate()
     gate.push(audio)
     gate.end()
-    w = np.array([gate.weight(k) for k in range(len(gate.rms))])
+    w = np.array([gate.weight(k) for k in range(gate.frames)])
     assert len(w) == 102 and gate.loud[51] and not any(gate.loud[52:77]) and gate.loud[77]
     assert w[:54].min() == 1.0  # speech, the short gap, and two frames of trailing lips
     np.testing.assert_allclose(w[54:58], [0.8, 0.6, 0.4, 0.2])  # eased, not cut
     assert w[58:71].max() == 0.0  # the real frame in the pause
     np.testing.assert_allclose(w[71:75], [0.2, 0.4, 0.6, 0.8])
     assert w[75:].min() == 1.0  # generated from two frames before the sound
+    # a stream that never ends keeps only the frames a weight can still read
+    gate.forget_before(90)
+    assert gate.start == 90 - gate.REACH and len(gate.loud) == gate.frames - gate.start
+    assert [gate.weight(k) for k in range(90, 102)] == list(w[90:])

@@ -44,8 +44,9 @@ class SilenceGate:
     REACH = SPEECH_LEAD + CROSSFADE_FRAMES + 1
 
     def __init__(self) -> None:
-        self.rms: list[float] = []
-        self.loud: list[bool] = []
+        self.loud: list[bool] = []  # loudness of frames start.. (older ones are forgotten)
+        self.start = 0
+        self.frames = 0  # whole frames pushed so far
         self._rest = np.zeros(0, dtype=np.float32)
         self.level = 0.0
 
@@ -57,8 +58,8 @@ class SilenceGate:
             r = np.sqrt(np.mean(x[:n * HOP].reshape(n, HOP).astype(np.float64) ** 2, axis=1))
             for v in r.tolist():
                 self.level = max(self.level * LEVEL_DECAY, v)
-                self.rms.append(v)
                 self.loud.append(v >= max(SILENCE_FLOOR, self.level * 10 ** (-SILENCE_REL_DB / 20.0)))
+            self.frames += n
         self._rest = x[n * HOP:]
 
     def end(self) -> None:
@@ -66,10 +67,17 @@ class SilenceGate:
         if self._rest.size:
             self.push(np.zeros(HOP - self._rest.size, dtype=np.float32))
 
+    def forget_before(self, k: int) -> None:
+        """Frame k is the oldest whose weight is still to be asked: keep only what its reach needs."""
+        drop = k - self.REACH - self.start
+        if drop > 0:
+            del self.loud[:drop]
+            self.start += drop
+
     def weight(self, k: int) -> float:
         """Weight of frame k: 1 within SPEECH_LEAD frames of a loud frame, easing to 0 beyond."""
-        lo, hi = max(0, k - self.REACH), min(len(self.loud), k + self.REACH + 1)
-        near = [abs(i - k) for i in range(lo, hi) if self.loud[i]]
+        lo, hi = max(self.start, k - self.REACH), min(self.frames, k + self.REACH + 1)
+        near = [abs(i - k) for i in range(lo, hi) if self.loud[i - self.start]]
         if not near:
             return 0.0
         d = min(near)
@@ -169,6 +177,7 @@ class StreamSession:
                                  t_ready))
         self.next_index = max(self.next_index, ready)
         self.features.forget_before(self.next_index - self.offset)
+        self.gate.forget_before(self.next_index - self.offset)
         self.worker.submit(jobs)
 
     # ---------------------------------------------------------------- frames back (worker thread → loop)

@@ -82,13 +82,14 @@ class AudioModelSpec:
         """Torch version for a batch: features (N, *frame_shape) tensor on any device, indices (B,)
         long tensor on the same device → (B, *tensor_shape). Used by the GPU-resident loops."""
         import torch
-        import torch.nn.functional as F
 
         n = features.shape[0]
         flat = features.reshape(n, -1)
-        padded = F.pad(flat, (0, 0, self.left, self.window - self.left))
-        offs = torch.arange(self.window, device=indices.device)
-        rows = padded[indices[:, None] + offs[None, :]]  # (B, window, D)
+        # rows [i - left, i - left + window) of each index, zero outside the features (gathered
+        # directly: padding the whole array for every batch copied all of it each time)
+        at = indices[:, None] + torch.arange(-self.left, self.window - self.left, device=indices.device)[None, :]
+        inside = (at >= 0) & (at < n)
+        rows = torch.where(inside[..., None], flat[at.clamp(0, max(n - 1, 0))], flat.new_zeros(()))  # (B, window, D)
         b = rows.shape[0]
         if self.layout == "mel":
             bins = self.frame_shape[-1]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Real against generated mouths at a few moments: the picture in README (see synctalk.evaluate.figure).
 
-    python scripts/mouth_figure.py --rendered unseen_render.mp4 --reference grid_s1_unseen_90s.mp4 \\
+    python scripts/mouth_figure.py --rendered unseen_l1.mp4 unseen_adv.mp4 --reference grid_s1_unseen_90s.mp4 \\
         --frames 40,95,150,230,310,420 --output docs/mouth_unseen.png
 """
 
@@ -18,7 +18,8 @@ from synctalk.evaluate.figure import mouth_strip  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     """Parse the flags, write the picture."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rendered", required=True, type=Path, help="synctalk infer's output for the reference's speech")
+    p.add_argument("--rendered", required=True, type=Path, nargs="+",
+                   help="synctalk infer's output for the reference's speech (several: a row each, in this order)")
     p.add_argument("--reference", required=True, type=Path, help="the real recording")
     p.add_argument("--frames", required=True, help="comma-separated frame numbers (25 fps)")
     p.add_argument("--output", required=True, type=Path)

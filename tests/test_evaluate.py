@@ -245,3 +245,6 @@ def test_mouth_strip_puts_real_over_generated_mouths(tmp_path) -> None:
     # the same video twice: the two rows agree (the same mouth found the same way)
     top, bottom = img[24:24 + TILE[1]].astype(int), img[24 + TILE[1]:].astype(int)
     assert np.abs(top - bottom).mean() < 6.0  # two tracks of one video: within a pixel or two of each other
+    # two renders (two checkpoints): a row each under the real one
+    assert cv2.imread(str(mouth_strip([clip, clip], clip, [0, 20], tmp_path / "m3.png"))).shape == \
+        (24 + 3 * TILE[1], 2 * TILE[0], 3)

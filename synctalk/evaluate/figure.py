@@ -2,7 +2,8 @@
 
 Reads a video rendered from a recording's speech (`synctalk infer --audio_path REF`) and the
 recording itself, finds the face in both with the app's detector and dlib landmarks, and lays the
-mouth of each chosen frame side by side: the real one on the top row, the generated one below it.
+mouth of each chosen frame side by side: the real one on the top row, the generated one below it
+(several renders, of several checkpoints, give a row each, in the order given).
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ def _mouth_tile(frame: np.ndarray, points: np.ndarray, mouth: Sequence[int]) -> 
     return cv2.resize(frame[ya:yb, xa:xb], TILE, interpolation=cv2.INTER_CUBIC)
 
 
-def mouth_strip(rendered: str | Path, reference: str | Path, frames: Sequence[int], output: str | Path, *,
-                models_dir: str | Path | None = None, detector: str = "auto") -> Path:
-    """Write a PNG: the reference's mouth (top) over the rendered one (bottom) at each of `frames`."""
+def mouth_strip(rendered: str | Path | Sequence[str | Path], reference: str | Path, frames: Sequence[int],
+                output: str | Path, *, models_dir: str | Path | None = None, detector: str = "auto") -> Path:
+    """Write a PNG: the reference's mouth (top) over each rendered one (a row each) at each of `frames`."""
     import cv2
 
     from ..fileio import atomic_path
@@ -58,14 +59,18 @@ def mouth_strip(rendered: str | Path, reference: str | Path, frames: Sequence[in
         raise SyncTalkError("name at least one frame for the picture")
     meter = landmark_meter("dlib", models_dir, "cpu", detector)
     mouth = list(meter.topology.mouth_outer)
+    renders = [rendered] if isinstance(rendered, (str, Path)) else list(rendered)
+    if not renders:
+        raise SyncTalkError("name at least one rendered video for the picture")
     real = _frames_at(Path(reference), frames)
-    gen = _frames_at(Path(rendered), frames)
     order = sorted(real)
-    real_pts, boxes = meter.measure([real[i] for i in order], track="real")
-    # each video is tracked on its own: the avatar's head moves as the avatar's video did
-    gen_pts, _ = meter.measure([gen[i] for i in order], track="generated")
+    videos = [(real, meter.measure([real[i] for i in order], track="real")[0])]
+    for k, path in enumerate(renders):
+        gen = _frames_at(Path(path), frames)
+        # each video is tracked on its own: the avatar's head moves as the avatar's video did
+        videos.append((gen, meter.measure([gen[i] for i in order], track=f"generated {k}")[0]))
     rows = []
-    for pts_set, src in ((real_pts, real), (gen_pts, gen)):
+    for src, pts_set in videos:
         rows.append(np.concatenate([_mouth_tile(src[i], p, mouth) for i, p in zip(order, pts_set)], axis=1))
     grid = np.concatenate(rows, axis=0)
     labels = np.full((24, grid.shape[1], 3), 255, np.uint8)

@@ -144,15 +144,13 @@ class BatchWorker:
             self._cond.notify()
 
     def warm(self, avatar: Any) -> None:
-        """Warm `avatar` up on every drawing thread (warm_up) and wait for them; errors are raised here."""
-        waits = []
-        with self._cond:
-            for queue in self._warm:
-                done, errors = threading.Event(), []
+        """Warm `avatar` up on every drawing thread (warm_up), one thread after the other so the others
+        keep drawing the streams already running; errors are raised here."""
+        for queue in self._warm:
+            done, errors = threading.Event(), []
+            with self._cond:
                 queue.append((avatar, done, errors))
-                waits.append((done, errors))
-            self._cond.notify_all()
-        for done, errors in waits:
+                self._cond.notify_all()
             while not done.wait(0.5):
                 if self._stop:
                     return

@@ -95,7 +95,8 @@ def resolve_config(cls: type, explicit: Mapping[str, Any]) -> RunConfig:
         cfg = merge_config(cls, explicit, saved_options(run_dir), source=run_dir / CONFIG_FILE)
     if cfg.epochs is None:
         cfg.epochs, why = cls.auto_epochs(train_frames(cfg))
-        print(f"--epochs not given: {cfg.epochs} ({why})", flush=True)
+        if os.environ.get("RANK", "0") == "0":  # once, not from every process of a torchrun
+            print(f"--epochs not given: {cfg.epochs} ({why})", flush=True)
     return cfg
 
 

@@ -296,6 +296,23 @@ def test_offset_metrics_of_a_critic_that_knows_the_answer(lag: int) -> None:
         assert m["offset_acc"] == 0.0 and m["offset_acc_1"] == 0.0 and m["clip_offset"] == lag
 
 
+def test_offset_scores_put_each_frame_s_best_offset_where_its_audio_is() -> None:
+    """The score table the held-out figures (and benchmarks/syncnet_offsets.py) read: one row per frame,
+    column 15 its own audio, −inf past the video's ends."""
+    from synctalk.training.syncnet import MAX_OFFSET, offset_scores
+
+    n = 120
+    crops = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 328, 328, 3).contiguous()
+    feats = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], 4, axis=1).repeat(80, axis=2)
+    data = D.FrameData(crops, feats, "mel")
+    scores, valid = offset_scores(_Oracle(lag=2), data, np.array([5, 60, 110]), device=torch.device("cpu"),
+                                  batch_size=16)
+    assert scores.shape == valid.shape == (3, 2 * MAX_OFFSET + 1)
+    assert (scores.argmax(dim=1) - MAX_OFFSET).tolist() == [2, 2, 2]  # the lag, for every frame
+    assert not bool(valid[0, :MAX_OFFSET - 5].any()) and bool(torch.isinf(scores[0, :MAX_OFFSET - 5]).all())
+    assert bool(valid[1].all()) and not bool(valid[2, MAX_OFFSET + 10:].any())
+
+
 class _StillAfter(_Oracle):
     """The oracle, but from frame `still` on the mouth stops moving (one face for every frame): as in a
     pause, no offset is more right than another there."""

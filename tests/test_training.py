@@ -91,6 +91,17 @@ def test_syncnet_writes_checkpoints_and_state_then_skips(source, work, capsys) -
     assert Path(sec["checkpoint"]) == run_dir / "checkpoint_best.pth"
     assert "offset_acc" in sec["best_metrics"]
 
+    # the offset diagnostic reads the same score table as the held-out figures: its label-at-0 line is
+    # the checkpoint's own offset accuracy within ±1 frame
+    from benchmarks.syncnet_offsets import main as offsets_main
+
+    best = torch.load(run_dir / "checkpoint_best.pth", map_location="cpu", weights_only=True)["metrics"]
+    capsys.readouterr()
+    assert offsets_main(["--checkpoint", str(run_dir / "checkpoint_best.pth"), "--name", "ann",
+                         "--dataset_dir", str(work / "dataset")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("+0:"))
+    assert float(line.split()[1]) == pytest.approx(best.get("offset_acc_1_speech", best["offset_acc_1"]), abs=5e-4)
+
     before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
     capsys.readouterr()
     assert train(work, "ann", "--train_syncnet", "--epochs", "2") == 0

@@ -122,6 +122,38 @@ def _raw(model: torch.nn.Module) -> torch.nn.Module:
 # ---------------------------------------------------------------- validation
 
 
+def offset_scores(model: torch.nn.Module, data: FrameData, frames: Any, *, device: torch.device, amp: str = "none",
+                  batch_size: int = 64, max_offset: int = MAX_OFFSET) -> tuple[torch.Tensor, torch.Tensor]:
+    """The critic's score of each of `frames`' faces against the audio at offsets −max_offset..+max_offset:
+    (F, 2·max_offset+1) scores (−inf past the video's ends) and the (F, O) mask of offsets inside it.
+    Column max_offset is the frame's own (A/V-corrected) audio."""
+    raw = _raw(model)
+    v = torch.as_tensor(np.asarray(frames), dtype=torch.long)
+    n = len(data)
+    lo = max(0, int(v.min()) - max_offset)
+    hi = min(n - 1, int(v.max()) + max_offset)
+    span = torch.arange(lo, hi + 1)
+    with torch.no_grad():
+        # embeddings of every frame within max_offset of the frames, in one pass
+        a_parts, f_parts = [], []
+        for start in range(0, len(span), batch_size):
+            idx = span[start:start + batch_size].to(device)
+            with autocast(device, amp):
+                a, f = raw(data.face_stack(idx, raw.face_frames), data.audio(idx))
+            a_parts.append(a.float())
+            f_parts.append(f.float())
+        emb_a = torch.cat(a_parts)
+        emb_f = torch.cat(f_parts)
+        offsets = torch.arange(-max_offset, max_offset + 1)
+        j = v[:, None] + offsets[None, :]  # (F, O) audio frame for each offset
+        valid = (j >= 0) & (j < n)
+        jj = (j.clamp(0, n - 1) - lo).to(device)
+        ff = emb_f[(v - lo).to(device)]  # (F, 512)
+        scores = raw.logits(emb_a[jj.reshape(-1)], ff.repeat_interleave(len(offsets), dim=0)).float()
+        scores = scores.reshape(len(v), len(offsets)).masked_fill(~valid.to(device), float("-inf"))
+    return scores, valid.to(device)
+
+
 def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, device: torch.device, amp: str = "none",
                      batch_size: int = 64, seed: int = 0, max_offset: int = MAX_OFFSET,
                      speech: np.ndarray | None = None) -> dict[str, float]:
@@ -141,9 +173,6 @@ def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, d
     labels = torch.cat([torch.ones(len(v)), torch.zeros(len(v))])
     loss_sum = torch.zeros((), device=device)
     hits: list[torch.Tensor] = []
-    lo = max(0, int(v.min()) - max_offset)
-    hi = min(n - 1, int(v.max()) + max_offset)
-    span = torch.arange(lo, hi + 1)
     with torch.no_grad():
         for start in range(0, len(face_idx), batch_size):
             sl = slice(start, start + batch_size)
@@ -153,23 +182,9 @@ def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, d
             logits = raw.logits(a, f).float()
             loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
             hits.append(((logits > 0).float() == y).float())
-        # embeddings of every frame within max_offset of the held-out tail, in one pass
-        a_parts, f_parts = [], []
-        for start in range(0, len(span), batch_size):
-            idx = span[start:start + batch_size].to(device)
-            with autocast(device, amp):
-                a, f = raw(data.face_stack(idx, raw.face_frames), data.audio(idx))
-            a_parts.append(a.float())
-            f_parts.append(f.float())
-        emb_a = torch.cat(a_parts)
-        emb_f = torch.cat(f_parts)
+        scores, valid = offset_scores(raw, data, v, device=device, amp=amp, batch_size=batch_size,
+                                      max_offset=max_offset)
         offsets = torch.arange(-max_offset, max_offset + 1)
-        j = v[:, None] + offsets[None, :]  # (V, O) audio frame for each offset
-        valid = (j >= 0) & (j < n)
-        jj = (j.clamp(0, n - 1) - lo).to(device)
-        ff = emb_f[(v - lo).to(device)]  # (V, 512)
-        scores = raw.logits(emb_a[jj.reshape(-1)], ff.repeat_interleave(len(offsets), dim=0)).float()
-        scores = scores.reshape(len(v), len(offsets)).masked_fill(~valid.to(device), float("-inf"))
         best = scores.argmax(dim=1)
         exact = (best == max_offset).float()
         near = ((best - max_offset).abs() <= 1).float()

@@ -1,0 +1,75 @@
+"""Where a trained SyncNet's best offset lands on a person's held-out tail, against the frame's own audio.
+
+The held-out figures (`offset_acc_1_speech`, ...) count how often offset 0 — the frame's audio after the
+A/V-offset correction — scores best. This says why a critic misses: if its choices pile up a frame or more
+off 0 (in the whole tail or in a part of it), the tail's correction disagrees with that of the frames the
+critic learnt from (a drift the fitted line did not follow); if they spread around 0, the critic itself
+cannot tell the offsets apart. (An offset wrong by the same amount everywhere cannot show here: the critic
+learns it too.)
+
+    python benchmarks/syncnet_offsets.py --checkpoint checkpoint/May/syncnet/checkpoint_best.pth --name May
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, type=Path, help="a SyncNet checkpoint")
+    p.add_argument("--name", required=True)
+    p.add_argument("--dataset_dir", type=Path, default=Path("dataset"))
+    p.add_argument("--val_fraction", type=float, default=0.1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--parts", type=int, default=4, help="the tail is also read in this many consecutive parts")
+    args = p.parse_args(argv)
+
+    from synctalk.data import load_frame_data
+    from synctalk.data.samples import split_indices
+    from synctalk.device import resolve_device
+    from synctalk.layout import dataset_layout
+    from synctalk.training.loop import resolve_av_offset
+    from synctalk.training.syncnet import MAX_OFFSET, load_syncnet, offset_scores, speech_frames
+
+    device = resolve_device(args.device)
+    layout = dataset_layout(args.dataset_dir, args.name)
+    model, ckpt = load_syncnet(args.checkpoint, device)
+    offset, why = resolve_av_offset("auto", layout)
+    data = load_frame_data(layout, ckpt["asr"], device=device, progress=False, av_offset=offset)
+    _train, val = split_indices(len(data), args.val_fraction)
+    speech = speech_frames(layout, data)
+    at = np.ones(len(val), bool) if speech is None else np.asarray(speech, bool)[val]
+    where = "at speech"
+    if not at.any():  # as the held-out figures: without speech in the tail, every frame counts
+        at, where = np.ones(len(val), bool), "all frames (no speech in the tail)"
+    scores, _valid = offset_scores(model, data, val, device=device)
+    chosen = scores.argmax(dim=1).cpu().numpy() - MAX_OFFSET
+    c = chosen[at]
+    print(f"{args.name}: held-out frames {val[0]}-{val[-1]} ({len(val)}; read {where}: {int(at.sum())}); "
+          f"A/V offset {why}")
+    print(f"the label moved by s frames: offset accuracy within ±1 / exact, {where}")
+    for s in range(-3, 4):
+        print(f"  {s:+d}: {np.mean(np.abs(c - s) <= 1):.3f} / {np.mean(c == s):.3f}")
+    hist = {int(o): int(np.sum(c == o)) for o in range(-5, 6)}
+    print(f"chosen offsets, -5..+5: {hist}; beyond: {int(np.sum(np.abs(c) > 5))}")
+    for k, part in enumerate(np.array_split(np.arange(len(val)), max(1, min(args.parts, len(val))))):
+        sel = chosen[part][at[part]]
+        if not sel.size:
+            continue
+        near = sel[np.abs(sel) <= 5]
+        print(f"  part {k + 1} (frames {val[part[0]]}-{val[part[-1]]}): ±1 {np.mean(np.abs(sel) <= 1):.3f}, "
+              f"mean chosen offset within ±5 {float(np.mean(near)) if near.size else float('nan'):+.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

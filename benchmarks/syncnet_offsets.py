@@ -68,7 +68,32 @@ def main(argv: list[str] | None = None) -> int:
         near = sel[np.abs(sel) <= 5]
         print(f"  part {k + 1} (frames {val[part[0]]}-{val[part[-1]]}): ±1 {np.mean(np.abs(sel) <= 1):.3f}, "
               f"mean chosen offset within ±5 {float(np.mean(near)) if near.size else float('nan'):+.2f}")
+    by_mouth(layout, len(data), val[at], c)
     return 0
+
+
+def by_mouth(layout, frames: int, val, chosen) -> None:
+    """The same read in thirds of the frames by the mouth's opening and by how much it moves (landmarks)."""
+    from synctalk.errors import SyncTalkError
+    from synctalk.faces.lms import load_all_landmarks
+    from synctalk.faces.topology import topology_for_points
+
+    try:
+        lms = load_all_landmarks(layout, frames)
+    except (SyncTalkError, OSError, ValueError) as exc:  # a dataset without its landmark files: the rest stands
+        print(f"(no reading by mouth opening: {exc})")
+        return
+    aperture = topology_for_points(lms.shape[1]).mouth_aperture(lms)
+    motion = np.convolve(np.abs(np.gradient(aperture)), np.ones(5) / 5, mode="same")  # over the critic's 5 frames
+    for what, x in (("mouth opening", aperture[val]), ("mouth motion", motion[val])):
+        if len(x) < 3:
+            return
+        third = np.digitize(x, np.quantile(x, [1 / 3, 2 / 3]))
+        parts = []
+        for k, label in enumerate(("low", "mid", "high")):
+            sel = chosen[third == k]
+            parts.append(f"{label} ±1 {np.mean(np.abs(sel) <= 1):.3f} / beyond ±5 {np.mean(np.abs(sel) > 5):.3f}")
+        print(f"by {what} (thirds): " + "; ".join(parts))
 
 
 if __name__ == "__main__":

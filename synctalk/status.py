@@ -92,7 +92,10 @@ def _critic_detail(syn: dict) -> str:
     """How well the SyncNet finds the offset (its best held-out epoch), when it was measured."""
     best = syn.get("best_metrics") or {}
     if isinstance(best.get("offset_acc_1_speech"), (int, float)):
-        return f", finds the offset within ±1 frame at speech {best['offset_acc_1_speech']:.0%} of the time"
+        run = best.get("offset_acc_1_speech_run5")
+        over_runs = f" ({run:.0%} over runs of 5 frames)" if isinstance(run, (int, float)) else ""
+        return (f", finds the offset within ±1 frame at speech {best['offset_acc_1_speech']:.0%} of the time"
+                + over_runs)
     if isinstance(best.get("offset_acc"), (int, float)):
         return f", offset accuracy {best['offset_acc']:.0%}"
     return ""

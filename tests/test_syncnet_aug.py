@@ -313,6 +313,24 @@ def test_offset_scores_put_each_frame_s_best_offset_where_its_audio_is() -> None
     assert bool(valid[1].all()) and not bool(valid[2, MAX_OFFSET + 10:].any())
 
 
+def test_a_run_of_frames_finds_the_offset_that_single_frames_miss() -> None:
+    """Each frame alone prefers a wrong offset (±6, alternating), yet offset 0 fits every one of them: summed
+    over runs of 5 frames, 0 wins; runs mostly outside speech are not counted."""
+    from synctalk.training.syncnet import MAX_OFFSET, run_offset_accuracy
+
+    scores = torch.zeros(12, 2 * MAX_OFFSET + 1)
+    scores[:, MAX_OFFSET] = 1.0
+    for i in range(12):
+        scores[i, MAX_OFFSET + (6 if i % 2 == 0 else -6)] = 1.5
+    scores[0, :3] = float("-inf")  # past the video's start
+    speech = np.ones(12, bool)
+    assert run_offset_accuracy(scores, speech, frames=1)[0] == 0.0
+    assert run_offset_accuracy(scores, speech, frames=5) == (1.0, 8)
+    speech[:8] = False  # only runs starting at 6 or later are mostly speech
+    assert run_offset_accuracy(scores, speech, frames=5) == (1.0, 2)
+    assert np.isnan(run_offset_accuracy(scores, np.zeros(12, bool))[0])
+
+
 class _StillAfter(_Oracle):
     """The oracle, but from frame `still` on the mouth stops moving (one face for every frame): as in a
     pause, no offset is more right than another there."""
@@ -338,6 +356,9 @@ def test_offset_metrics_at_speech_leave_out_the_silent_frames() -> None:
     m = evaluate_syncnet(_StillAfter(90), data, np.arange(80, 100), device=torch.device("cpu"), batch_size=16,
                          speech=speech)
     assert m["offset_acc_speech"] == 1.0 and m["offset_acc_1_speech"] == 1.0
+    # the 8 runs of 5 frames that are mostly speech: the 6 inside it are right, the 2 reaching 1-2 frames
+    # into the pause are pulled off by its still mouth
+    assert m["offset_acc_1_speech_run5"] == 0.75
     assert m["offset_acc"] == 0.5 and m["offset_acc_1"] == 0.5  # the pause's frames pick a wrong offset
     assert m["val_acc_speech"] >= m["val_acc"]
     no_mask = evaluate_syncnet(_StillAfter(90), data, np.arange(80, 100), device=torch.device("cpu"), batch_size=16)

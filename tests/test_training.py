@@ -482,6 +482,8 @@ def test_status_says_how_well_the_critic_finds_the_offset_and_the_gate_reads_the
     from synctalk.training.unet import syncnet_gate
 
     assert "43% of the time" in _critic_detail({"best_metrics": {"offset_acc_1_speech": 0.428, "offset_acc": 0.14}})
+    assert _critic_detail({"best_metrics": {"offset_acc_1_speech": 0.352, "offset_acc_1_speech_run5": 0.612}}) == (
+        ", finds the offset within ±1 frame at speech 35% of the time (61% over runs of 5 frames)")
     assert _critic_detail({"best_metrics": {"offset_acc": 0.25}}) == ", offset accuracy 25%"
     assert _critic_detail({}) == ""
     assert syncnet_gate({"offset_acc_1_speech": 0.428, "offset_acc": 0.9}) == (

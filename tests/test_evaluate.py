@@ -204,6 +204,38 @@ def test_eval_peaks_at_lag_0_on_the_tail_and_on_another_recording(syn):
     assert late.metrics["lag_peak"] == -1
 
 
+def test_held_out_references_from_the_training_part_hide_the_mouth_being_scored(syn):
+    """A UNet that only copies its reference image: with each frame's own crop as reference (a render of
+    the person's own video) it scores perfectly; with training frames as references it cannot."""
+    import torch
+
+    from helpers_render import BrightnessMeter
+
+    from synctalk.data import DEFAULT_MASK
+    from synctalk.errors import SyncTalkError
+    from synctalk.evaluate import evaluate
+    from synctalk.evaluate.scoring import training_references
+    from synctalk.render import Generator
+
+    class CopyReference(torch.nn.Module):
+        def forward(self, img6: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+            return img6[:, :3].clone()
+
+    ckpt = {"asr": "mel", "config": {"asr": "mel", "mask": list(DEFAULT_MASK)}}
+    copy = Generator(CopyReference(), ckpt, torch.device("cpu"))
+    kw = dict(dataset_dir=syn.dataset_dir, generator=copy, meter=BrightnessMeter(), val_fraction=0.5, progress=False,
+              silence=False)
+    own = evaluate(syn.name, held_out_reference="own", **kw)
+    train = evaluate(syn.name, held_out_reference="train", **kw)
+    assert own.metrics["sync_corr"] > 0.99 and own.metrics["psnr_mouth"] > 40
+    assert train.info["held_out"]["reference"] == "train"
+    assert train.metrics["sync_corr"] < 0.5 and train.metrics["psnr_mouth"] < own.metrics["psnr_mouth"] - 10
+    assert training_references(np.arange(6, 10)).tolist() == [2, 3, 4, 5]  # the frames just before the tail
+    assert training_references(np.arange(3, 10)).tolist() == [0, 1, 2, 0, 1, 2, 0]  # repeated when too few
+    with pytest.raises(SyncTalkError, match="held_out_reference"):
+        evaluate(syn.name, held_out_reference="other", **kw)
+
+
 def test_eval_command_cross_sentence_on_a_real_recording(person, tmp_path, capsys):
     """--reference_video: the speech of a (here: 2 s of the person's own) recording rendered as infer
     renders it and scored against its real mouth with real landmarks."""

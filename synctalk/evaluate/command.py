@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .scoring import METRIC_KEYS, SHIFT_FRAMES, EvalResult, evaluate
+from .scoring import HELD_OUT_REFERENCES, METRIC_KEYS, SHIFT_FRAMES, EvalResult, evaluate
 
 
 _DESCRIPTIONS = {
@@ -41,8 +41,9 @@ def print_table(result: EvalResult) -> None:
         title = f"{result.name}: speech of {ref.get('video')} ({ref.get('frames')} frames), {result.checkpoint}"
     else:
         held = result.info.get("held_out", {})
+        refs = " (references: training frames)" if held.get("reference") == "train" else ""
         title = (f"{result.name}: held-out frames {held.get('first')}–{held.get('last')} "
-                 f"({held.get('count')} of {held.get('of')}), {result.checkpoint}")
+                 f"({held.get('count')} of {held.get('of')}){refs}, {result.checkpoint}")
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -84,6 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cross-sentence: render this recording's speech (same person) and score it against its "
                         "real mouth instead of the held-out tail")
     p.add_argument("--start_frame", type=int, default=0, help="avatar frame the cross-sentence render starts from")
+    p.add_argument("--held_out_reference", default="own", choices=HELD_OUT_REFERENCES,
+                   help="held-out tail: each frame's own crop as the UNet's reference image (own: as a render of "
+                        "the person's own video, so the UNet sees the real mouth) or a training frame's (train)")
     p.add_argument("--landmarker", default=None, choices=("dlib", "pfld"),
                    help="landmarks that measure the mouths (default: the one the dataset was made with)")
     p.add_argument("--shift", type=int, default=SHIFT_FRAMES, help="frames the control's audio is moved by")
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, val_fraction=args.val_fraction, shift=args.shift,
                       reference_video=args.reference_video, start_frame=args.start_frame,
                       landmarker=args.landmarker, silence=not args.no_silence, progress=not args.no_progress,
-                      detector=args.detector)
+                      detector=args.detector, held_out_reference=args.held_out_reference)
     print_table(result)
     if args.json:
         write_json_atomic(args.json, result.to_json())

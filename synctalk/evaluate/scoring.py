@@ -33,6 +33,7 @@ from .metrics import (laplacian_variance, mouth_patch, mouth_region, psnr, ratio
 
 SHIFT_FRAMES = 25  # the control: audio one second away
 MIN_FRAMES = 5  # the fewest frames the temporal metrics mean anything on
+HELD_OUT_REFERENCES = ("own", "train")  # the held-out mode's reference image: the frame's own crop, or a training frame's
 
 METRIC_KEYS = ("sync_corr", "lag_peak", "lag_peak_corr", "sync_corr_shifted", "sync_margin", "lag_peak_vs_audio",
                "sync_corr_vs_audio", "psnr_mouth",
@@ -140,8 +141,13 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
              batch_size: int = 16, val_fraction: float | None = None, shift: int = SHIFT_FRAMES,
              reference_video: str | Path | None = None, silence: bool = True, landmarker: str | None = None,
              start_frame: int = 0, progress: bool = True, generator: Any = None,
-             meter: Any = None, detector: str = "auto") -> EvalResult:
+             meter: Any = None, detector: str = "auto", held_out_reference: str = "own") -> EvalResult:
     """Score `name`'s UNet: its held-out tail, or (with `reference_video`) another recording's speech.
+
+    `held_out_reference` (held-out mode): "own" gives each frame its own crop as the reference image, as
+    a render of the person's own video has it — so the UNet also sees the real mouth it is scored
+    against; "train" gives it a frame of the training part instead (the frames just before the tail,
+    in order), so it does not.
 
     `generator` (a render.Generator or anything with its call, device, asr and spec) replaces the
     checkpoint's UNet and `meter` (LandmarkMeter's measure/openings/mouth_points) the landmark
@@ -175,10 +181,13 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
         "landmarker": getattr(getattr(meter, "landmarker", None), "kind", None) or kind, "silence": bool(silence),
         "dataset_av_offset": pre.get("av_offset"), "training_av_offset": config.get("av_offset"),
     }
+    if held_out_reference not in HELD_OUT_REFERENCES:
+        raise SyncTalkError(f"--held_out_reference must be one of {', '.join(HELD_OUT_REFERENCES)}, "
+                            f"got {held_out_reference!r}")
     if reference_video is None:
         vf = float(val_fraction if val_fraction is not None else config.get("val_fraction", 0.1))
         frames, series, speech, info_mode = _score_tail(layout, boxes, generator, meter, batch_size, vf, shift,
-                                                        silence, progress)
+                                                        silence, progress, held_out_reference)
     else:
         frames, series, speech, info_mode = _score_reference(layout, boxes, generator, meter, batch_size,
                                                              Path(reference_video), shift, silence, start_frame,
@@ -224,9 +233,21 @@ def fit_length(audio: np.ndarray, count: int) -> np.ndarray:
     return audio[:n] if audio.size >= n else np.concatenate([audio, np.zeros(n - audio.size, audio.dtype)])
 
 
+def training_references(val: np.ndarray) -> np.ndarray:
+    """Reference frames from the training part for a held-out tail: the len(val) frames just before it,
+    in order (repeated from the start when the training part is shorter)."""
+    first = int(val[0])
+    if first < 1:
+        raise SyncTalkError("no training frames before the held-out tail to take references from")
+    start = max(0, first - len(val))
+    return start + np.arange(len(val)) % (first - start)
+
+
 def _score_tail(layout: Any, boxes: np.ndarray, gen: Any, meter: Any, batch_size: int, vf: float, shift: int,
-                silence: bool, progress: bool) -> tuple[np.ndarray, _Series, np.ndarray, dict[str, Any]]:
-    """The held-out tail, rendered from its own rows on its own frames (and with rows one second away)."""
+                silence: bool, progress: bool,
+                reference: str = "own") -> tuple[np.ndarray, _Series, np.ndarray, dict[str, Any]]:
+    """The held-out tail, rendered from its own rows on its own frames (and with rows one second away);
+    `reference` "train": each frame's reference image is a training frame's crop (training_references)."""
     import cv2
     from tqdm import tqdm
 
@@ -254,6 +275,8 @@ def _score_tail(layout: Any, boxes: np.ndarray, gen: Any, meter: Any, batch_size
     rows_shift = _shifted_rows(val, shift, n)
     plan = frame_plan(val, val, active=active[val] if silence else None, candidates=candidates)
     plan_shift = frame_plan(val, rows_shift, active=active[rows_shift] if silence else None, candidates=candidates)
+    if reference == "train":
+        plan.references = plan_shift.references = training_references(val)
     s = _Series()
     bar = tqdm(total=len(val), desc=f"eval {layout.name}", unit="frame", disable=not progress)
     for true, ctrl in zip(render_chunks(gen, layout, boxes, plan, feats_t, feats_t, batch_size, want_crops=True),
@@ -278,7 +301,7 @@ def _score_tail(layout: Any, boxes: np.ndarray, gen: Any, meter: Any, batch_size
         bar.update(len(true.index))
     bar.close()
     info = {"mode": "held_out", "held_out": {"first": int(val[0]), "last": int(val[-1]), "count": int(len(val)),
-                                             "of": int(n)}}
+                                             "of": int(n), "reference": reference}}
     return val, s, active[val], info
 
 

@@ -43,6 +43,8 @@ class FramePlan:
 
     speech + rest <= 1; the rest of the weight is the avatar's real frame. `rest_frames[k]` is the
     avatar frame whose crop and silent feature window make the resting mouth (-1 where rest is 0).
+    `references[k]`, when given, is the avatar frame whose crop is the speech mouth's reference image
+    (-1, or no array: the frame's own crop, as every render of new speech has it).
     """
 
     sources: np.ndarray
@@ -50,6 +52,7 @@ class FramePlan:
     speech: np.ndarray
     rest: np.ndarray
     rest_frames: np.ndarray
+    references: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -96,14 +99,14 @@ def render_chunks(gen: Generator, layout: DatasetLayout, boxes: np.ndarray, plan
     """
     import torch
 
-    rest_crop_cache: dict[int, np.ndarray] = {}
+    crop_cache: dict[int, np.ndarray] = {}
 
-    def rest_crop(i: int) -> np.ndarray:
-        if i not in rest_crop_cache:
-            if len(rest_crop_cache) > 64:  # one crop per pause; keep memory bounded on long speech
-                rest_crop_cache.clear()
-            rest_crop_cache[i] = _read_frame(layout, boxes, i)[1]
-        return rest_crop_cache[i]
+    def crop_of(i: int) -> np.ndarray:  # the crop of avatar frame i (a pause's resting frame, a reference)
+        if i not in crop_cache:
+            if len(crop_cache) > 64:  # keep memory bounded on long speech
+                crop_cache.clear()
+            crop_cache[i] = _read_frame(layout, boxes, i)[1]
+        return crop_cache[i]
 
     done = 0
     for chunk in prefetch_frames(layout, boxes, plan.sources, batch_size, workers=workers):
@@ -119,14 +122,18 @@ def render_chunks(gen: Generator, layout: DatasetLayout, boxes: np.ndarray, plan
             mix = torch.zeros((len(k), 3, CROP_SIZE, CROP_SIZE), device=gen.device)
             s_idx = np.nonzero(sp > 0)[0]
             if len(s_idx):
-                out = gen(real[s_idx], features, plan.rows[k[s_idx]])
+                refs = None
+                if plan.references is not None and (plan.references[k[s_idx]] >= 0).any():
+                    refs = np.stack([crop_of(int(r)) if r >= 0 else real[j]
+                                     for r, j in zip(plan.references[k[s_idx]], s_idx)])
+                out = gen(real[s_idx], features, plan.rows[k[s_idx]], references=refs)
                 mix[torch.as_tensor(s_idx, device=gen.device)] += out.float() * _col(sp[s_idx], gen.device)
             r_idx = np.nonzero(rs > 0)[0]
             if len(r_idx):
                 if rest_features is None:
                     raise ValueError("the plan has pauses but no rest_features were given")
                 src = plan.rest_frames[k[r_idx]]
-                refs = np.stack([rest_crop(int(i)) for i in src])
+                refs = np.stack([crop_of(int(i)) for i in src])
                 out = gen(real[r_idx], rest_features, src, references=refs)
                 mix[torch.as_tensor(r_idx, device=gen.device)] += out.float() * _col(rs[r_idx], gen.device)
             mix[torch.as_tensor(todo, device=gen.device)] /= _col(total[todo], gen.device)

@@ -58,6 +58,19 @@ def read_lock(path: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
+def _holder_of(path: Path, wait_s: float = 1.0) -> dict[str, Any] | None:
+    """The holder of a lock found held; a holder that has just locked it writes its name a moment
+    later, so an empty file is read again for up to `wait_s` before it is reported as just starting."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = read_lock(path)
+        if info or time.monotonic() >= deadline:
+            return info
+        time.sleep(0.02)
+
+
 def _describe(info: dict[str, Any] | None) -> str:
     if not info:
         return "another process (it is just starting)"
@@ -94,7 +107,7 @@ def _flock(path: Path, what: str) -> Iterator[dict[str, Any]]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise _busy(path, what, read_lock(path)) from None
+            raise _busy(path, what, _holder_of(path)) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -127,7 +140,7 @@ def _exclusive_create(path: Path, what: str) -> Iterator[dict[str, Any]]:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
-            info = read_lock(path)
+            info = _holder_of(path)
             pid = info.get("pid") if info else None
             if info is None or info.get("host") != host or not isinstance(pid, int) or pid_alive(pid):
                 hint = f"; if that process is gone, delete {path}" if info and info.get("host") != host else ""

@@ -159,6 +159,9 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
     from ..render import Generator, load_boxes, load_generator, resolve_checkpoint
     from ..state import TrainingState
 
+    if held_out_reference not in HELD_OUT_REFERENCES:  # before anything is loaded
+        raise SyncTalkError(f"--held_out_reference must be one of {', '.join(HELD_OUT_REFERENCES)}, "
+                            f"got {held_out_reference!r}")
     layout = dataset_layout(dataset_dir, name)
     boxes = load_boxes(layout)
     if reference_video is not None and not Path(reference_video).is_file():
@@ -181,9 +184,6 @@ def evaluate(name: str, *, dataset_dir: str | Path = "dataset", checkpoint_dir: 
         "landmarker": getattr(getattr(meter, "landmarker", None), "kind", None) or kind, "silence": bool(silence),
         "dataset_av_offset": pre.get("av_offset"), "training_av_offset": config.get("av_offset"),
     }
-    if held_out_reference not in HELD_OUT_REFERENCES:
-        raise SyncTalkError(f"--held_out_reference must be one of {', '.join(HELD_OUT_REFERENCES)}, "
-                            f"got {held_out_reference!r}")
     if reference_video is None:
         vf = float(val_fraction if val_fraction is not None else config.get("val_fraction", 0.1))
         frames, series, speech, info_mode = _score_tail(layout, boxes, generator, meter, batch_size, vf, shift,

@@ -46,7 +46,6 @@ class SilenceGate:
     def __init__(self) -> None:
         self.loud: list[bool] = []  # loudness of frames start.. (older ones are forgotten)
         self.start = 0
-        self.frames = 0  # whole frames pushed so far
         self._rest = np.zeros(0, dtype=np.float32)
         self.level = 0.0
 
@@ -59,13 +58,17 @@ class SilenceGate:
             for v in r.tolist():
                 self.level = max(self.level * LEVEL_DECAY, v)
                 self.loud.append(v >= max(SILENCE_FLOOR, self.level * 10 ** (-SILENCE_REL_DB / 20.0)))
-            self.frames += n
         self._rest = x[n * HOP:]
 
     def end(self) -> None:
         """Count the last partial frame."""
         if self._rest.size:
             self.push(np.zeros(HOP - self._rest.size, dtype=np.float32))
+
+    @property
+    def frames(self) -> int:
+        """Whole frames pushed so far."""
+        return self.start + len(self.loud)
 
     def forget_before(self, k: int) -> None:
         """Frame k is the oldest whose weight is still to be asked: keep only what its reach needs."""

@@ -215,8 +215,6 @@ class Distributed:
             print(*parts, flush=True)
 
 
-
-
 def autocast(device: torch.device, amp: str) -> "contextlib.AbstractContextManager[Any]":
     """The autocast context of a resolved amp mode (a no-op for 'none')."""
     if amp == "none":

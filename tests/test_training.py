@@ -489,3 +489,56 @@ def test_status_says_how_well_the_critic_finds_the_offset_and_the_gate_reads_the
     assert syncnet_gate({"offset_acc_1_speech": 0.428, "offset_acc": 0.9}) == (
         False, "a held-out offset accuracy (±1 frame, at speech) of 0.428 (the gate: 0.5)")
     assert syncnet_gate({"offset_acc": 0.25})[0] and not syncnet_gate({})[0]
+
+
+def test_the_compiling_first_step_is_announced_timed_and_kept_out_of_the_bar_rate(capsys, monkeypatch) -> None:
+    from synctalk.training import loop
+    from synctalk.training.runtime import Distributed
+
+    class Compiling:
+        """A task whose first step is slow, as a compiled one is; the rest are instant."""
+        what, terms, device, dist = "UNet", ("train_loss",), torch.device("cpu"), Distributed()
+        compile_pending = True
+
+        def __init__(self) -> None:
+            self.generator = torch.Generator().manual_seed(0)
+            self.steps = 0
+
+        def train_mode(self) -> None:
+            pass
+
+        def active_terms(self):
+            return self.terms
+
+        def epoch_batches(self, epoch, start=0):
+            return 12, iter([(None, 4)] * 3)
+
+        def step(self, batch):
+            self.steps += 1
+            if self.steps == 1:
+                time.sleep(0.4)
+            return torch.tensor([0.5])
+
+    elapsed: list[float] = []
+    real = loop.tqdm
+
+    class Bar(real):  # the real bar, shown, and its clock read as it closes
+        def __init__(self, *a, **k):
+            super().__init__(*a, **{**k, "disable": False})
+
+        def close(self):
+            elapsed.append((self.n, self.format_dict["elapsed"]))
+            super().close()
+
+    monkeypatch.setattr(loop, "tqdm", Bar)
+    task = Compiling()
+    out = loop.train_epoch(task, 1, 2, progress=True, log_every=1)
+    again = loop.train_epoch(task, 2, 2, progress=True, log_every=1)
+    said = capsys.readouterr().out
+    assert said.count("compiling the UNet's training step") == 1 and said.count("compiled in") == 1
+    assert not task.compile_pending and task.steps == 6
+    # the bar's clock started again after the slow step, with its samples still counted
+    n, seconds = elapsed[0]
+    assert n == 12 and seconds < 0.3
+    assert out["train_loss"] == pytest.approx(0.5) and again["train_loss"] == pytest.approx(0.5)
+    assert out["seconds"] >= 0.4  # the epoch's own time still includes the compile

@@ -37,8 +37,8 @@ from ..device import resolve_amp
 from ..state import PREPROCESSING, TrainingState
 from .checkpoint import best_path, epoch_payload, latest_path, restart_or_resume, save_checkpoint, write_epoch
 from .config import CONFIG_FILE, RunConfig, frozen_keys, write_run_config
-from .runtime import (Distributed, check_finite, configure_backends, load_optimizer_state, make_adam,
-                      make_scaler, maybe_compile, prepare_module, restore_rng_state, rng_state,
+from .runtime import (Distributed, check_finite, configure_backends, keep_compile_cache, load_optimizer_state,
+                      make_adam, make_scaler, maybe_compile, prepare_module, restore_rng_state, rng_state,
                       synchronize)
 
 GRAPHS_ONE_GPU = "--cuda_graphs trains on one GPU: drop it for a run on several (--gpus, torchrun)"
@@ -136,6 +136,7 @@ class Task:
     what = ""  # for messages
     terms: tuple[str, ...] = ("train_loss",)  # the parts step() returns, per-sample means
     gpu_batch, cpu_batch, base_batch = 32, 8, 8
+    compile_pending = False  # the next step compiles (set from the run's Speed)
 
     def __init__(self, model: torch.nn.Module, data: FrameData, train_idx: Any, val_idx: Any, *, device: torch.device,
                  speed: Speed, dist: Distributed = Distributed(), seed: int = 0, sync_bn: bool = False,
@@ -160,6 +161,7 @@ class Task:
             group["lr"] = speed.lr
         # DDP first, then compile (the documented order); `model` stays the plain module for checkpoints
         self.step_model = maybe_compile(dist.wrap(self.model, device, sync_bn), speed.compile, speed.cuda_graphs)
+        self.compile_pending = speed.compile  # the first step compiles (train_epoch says so and times it)
 
     def set_lr(self, lr: float) -> None:
         """The learning rate of the network's optimizer from now on (the loop's schedule)."""
@@ -299,7 +301,10 @@ def train_epoch(task: Task, epoch: int, epochs: int, *, progress: bool = True, l
     bar = tqdm(total=n, initial=seen, desc=f"{task.what} {epoch}/{epochs}", unit="img", leave=False,
                disable=not (progress and task.dist.is_main))
     for k, (batch, b) in enumerate(steps, start=start):
-        parts = task.step(batch) * b
+        if task.compile_pending:
+            parts = _first_compiled_step(task, batch, bar) * b
+        else:
+            parts = task.step(batch) * b
         sums += parts
         window += parts
         seen += b
@@ -324,6 +329,23 @@ def train_epoch(task: Task, epoch: int, epochs: int, *, progress: bool = True, l
     out = {k: v for k, v in totals.items() if k in task.active_terms()}
     out.update(samples_per_s=seen / dt if dt > 0 else 0.0, seconds=dt)
     return out
+
+
+def _first_compiled_step(task: Task, batch: Any, bar: Any) -> torch.Tensor:
+    """The step that compiles the networks (and records their CUDA graphs): said before, timed after, and
+    kept out of the progress bar's rate, whose estimate would otherwise read hours for the whole epoch."""
+    task.dist.log(f"compiling the {task.what}'s training step (a minute or two on a new machine; later runs reuse "
+                  f"{keep_compile_cache()})")
+    t0 = time.perf_counter()
+    parts = task.step(batch)
+    synchronize(task.device)
+    task.compile_pending = False
+    task.dist.log(f"compiled in {time.perf_counter() - t0:.0f} s")
+    if not bar.disable:
+        done = bar.n
+        bar.reset()  # the clock starts again after the compile, with no progress lost
+        bar.initial = bar.n = bar.last_print_n = done
+    return parts
 
 
 def time_steps(task: Task, steps: int, generator: torch.Generator | None = None) -> dict[str, float]:

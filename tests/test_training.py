@@ -542,3 +542,37 @@ def test_the_compiling_first_step_is_announced_timed_and_kept_out_of_the_bar_rat
     assert n == 12 and seconds < 0.3
     assert out["train_loss"] == pytest.approx(0.5) and again["train_loss"] == pytest.approx(0.5)
     assert out["seconds"] >= 0.4  # the epoch's own time still includes the compile
+
+
+def test_a_step_checkpoint_resumes_into_a_run_with_more_loss_terms() -> None:
+    """An epoch stopped by a signal, resumed with the adversarial stage turned on: the saved sums are taken
+    by name and the new terms start from zero (they were a shape error)."""
+    from synctalk.training import loop
+    from synctalk.training.runtime import Distributed
+
+    class Task:
+        what, device, dist = "UNet", torch.device("cpu"), Distributed()
+        terms = ("train_loss", "l1", "adv_g")
+        compile_pending = False
+
+        def __init__(self) -> None:
+            self.generator = torch.Generator().manual_seed(0)
+
+        def train_mode(self) -> None:
+            pass
+
+        def active_terms(self):
+            return self.terms
+
+        def epoch_batches(self, epoch, start=0):
+            return 8, iter([(None, 4)] * (2 - start))
+
+        def step(self, batch):
+            return torch.tensor([1.0, 0.5, 0.25])
+
+    task = Task()
+    position = {"epoch": 3, "done_steps": 1, "rng_epoch": task.generator.get_state(), "terms": ["train_loss", "l1"],
+                "sums": [8.0, 4.0], "seen": 4, "seconds": 1.0}
+    out = loop.train_epoch(task, 3, 3, progress=False, position=position)
+    assert out["train_loss"] == pytest.approx((8.0 + 4.0) / 8) and out["l1"] == pytest.approx((4.0 + 2.0) / 8)
+    assert out["adv_g"] == pytest.approx(1.0 / 8)

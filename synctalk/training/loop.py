@@ -292,7 +292,9 @@ def train_epoch(task: Task, epoch: int, epochs: int, *, progress: bool = True, l
     start = int(position["done_steps"]) if position else 0
     n, steps = task.epoch_batches(epoch, start)
     dev = task.device
-    sums = torch.tensor(position["sums"], device=dev) if position else torch.zeros(len(task.terms), device=dev)
+    # a step checkpoint's sums by term name: a resume may add terms (the adversarial stage turned on)
+    saved = dict(zip(position.get("terms", task.terms), position["sums"])) if position else {}
+    sums = torch.tensor([float(saved.get(t, 0.0)) for t in task.terms], device=dev)
     window = torch.zeros(len(task.terms), device=dev)
     seen = int(position["seen"]) if position else 0
     win_seen = 0
@@ -320,7 +322,7 @@ def train_epoch(task: Task, epoch: int, epochs: int, *, progress: bool = True, l
         if stop is not None and stop.asked:
             bar.close()
             raise EpochInterrupted(stop.asked, {"epoch": epoch, "done_steps": k + 1, "rng_epoch": rng_epoch,
-                                                "sums": sums.tolist(), "seen": seen,
+                                                "terms": list(task.terms), "sums": sums.tolist(), "seen": seen,
                                                 "seconds": before + time.perf_counter() - t0})
     bar.close()
     totals = dict(zip(task.terms, (x / max(seen, 1) for x in sums.tolist())))

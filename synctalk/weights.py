@@ -130,6 +130,17 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "ON") or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
 
 
+def hf_cached(model_id: str) -> Path | None:
+    """The folder of `model_id` in the Hugging Face cache when its config.json is there, else None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(model_id, "config.json")
+    except Exception:  # noqa: BLE001 - no huggingface_hub, or an odd cache layout: "not found"
+        return None
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
 # Hugging Face models: fetched through transformers, listed and downloaded by name here too
 HF_MODELS = {"hubert": "facebook/hubert-large-ls960-ft", "whisper": "openai/whisper-tiny"}
 

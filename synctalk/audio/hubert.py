@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import SyncTalkError
-from ..weights import hub_offline, search_dirs
+from ..weights import hf_cached, hub_offline, search_dirs
 
 DEFAULT_ID = "facebook/hubert-large-ls960-ft"
 HIDDEN = 1024
@@ -41,14 +41,9 @@ def hubert_location(models_dir: "str | os.PathLike | None" = None) -> tuple[str,
     local = _local_dir(models_dir)
     if local is not None:
         return str(local), True
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(DEFAULT_ID, "config.json")
-        if isinstance(hit, str):
-            return str(Path(hit).parent), True
-    except Exception:  # noqa: BLE001 - an odd cache layout just means "not found"
-        pass
+    cached = hf_cached(DEFAULT_ID)
+    if cached is not None:
+        return str(cached), True
     return f"{DEFAULT_ID} (Hugging Face cache)", False
 
 

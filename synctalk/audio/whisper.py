@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import SyncTalkError
-from ..weights import hub_offline
+from ..weights import hf_cached, hub_offline
 
 DEFAULT_ID = "openai/whisper-tiny"
 FOLDER = "whisper"  # <models dir>/whisper/
@@ -112,15 +112,6 @@ def locate(whisper_model: "str | os.PathLike | None" = None,
     return WhisperSource("transformers", DEFAULT_ID, False)
 
 
-def _cached(model_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
-    except Exception:  # noqa: BLE001 - an odd cache layout just means "not found"
-        return False
-
-
 def _not_found(model_id: str, models_dir, why: str) -> SyncTalkError:
     tried = "\n".join(f"  {d}" for d in _search_folders(models_dir))
     return SyncTalkError(
@@ -136,7 +127,7 @@ def whisper_location(whisper_model=None, models_dir=None) -> tuple[str, bool]:
     src = locate(whisper_model, models_dir)
     if src.is_folder:
         return src.where, True
-    return f"{src.where} (Hugging Face cache)", _cached(src.where)
+    return f"{src.where} (Hugging Face cache)", hf_cached(src.where) is not None
 
 
 def check_available(whisper_model=None, models_dir=None) -> None:
@@ -144,7 +135,7 @@ def check_available(whisper_model=None, models_dir=None) -> None:
     src = locate(whisper_model, models_dir)
     if src.kind == "ctranslate2":
         _import_ct2(src.where)
-    if not src.is_folder and not _cached(src.where) and hub_offline():
+    if not src.is_folder and hf_cached(src.where) is None and hub_offline():
         raise _not_found(src.where, models_dir, "not in the cache and the Hugging Face hub is set offline")
 
 

@@ -336,13 +336,21 @@ def train_epoch(task: Task, epoch: int, epochs: int, *, progress: bool = True, l
 def _first_compiled_step(task: Task, batch: Any, bar: Any) -> torch.Tensor:
     """The step that compiles the networks (and records their CUDA graphs): said before, timed after, and
     kept out of the progress bar's rate, whose estimate would otherwise read hours for the whole epoch."""
-    task.dist.log(f"compiling the {task.what}'s training step (a minute or two on a new machine; later runs reuse "
-                  f"{keep_compile_cache()})")
+    def say(line: str) -> None:  # above a live bar, not into it
+        if not task.dist.is_main:
+            return
+        if bar.disable:
+            print(line, flush=True)
+        else:
+            bar.write(line)
+
+    say(f"compiling the {task.what}'s training step (a minute or two on a new machine; later runs reuse "
+        f"{keep_compile_cache()})")
     t0 = time.perf_counter()
     parts = task.step(batch)
     synchronize(task.device)
     task.compile_pending = False
-    task.dist.log(f"compiled in {time.perf_counter() - t0:.0f} s")
+    say(f"compiled in {time.perf_counter() - t0:.0f} s")
     if not bar.disable:
         done = bar.n
         bar.reset()  # the clock starts again after the compile, with no progress lost

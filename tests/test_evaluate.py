@@ -167,6 +167,24 @@ def test_score_series_silence_figures():
     m2, _ = score_series(real, real, None, real_pts, real_pts, speech)
     assert m2["silence_opening_gap"] == 0 and m2["lag_peak"] == 0 and m2["sync_corr"] == pytest.approx(1)
     assert m2["sync_corr_shifted"] is None and m2["mean_opening_ratio"] == pytest.approx(1)
+    assert m2["peak_opening_ratio"] == pytest.approx(1) and m2["closure_ratio"] == pytest.approx(1)
+
+
+def test_articulation_figures_read_the_open_and_the_closed_ends_of_speech_apart():
+    """A mouth that neither opens wide nor shuts (the L1 generator's habit): below 1 at the wide end,
+    above 1 at the closed end; silence does not enter, nor does how well the frames line up."""
+    from synctalk.evaluate import score_series
+
+    n = 400
+    speech = np.ones(n, bool)
+    speech[:100] = False
+    real = np.where(speech, 0.05 + 0.04 * np.sin(np.arange(n) / 3.0), 0.0)
+    muted = 0.05 + 0.5 * (real - 0.05)  # half the swing about the middle
+    muted[:100] = 0.3  # whatever the pause holds
+    pts = np.zeros((n, 2, 2))
+    m, _ = score_series(real, np.roll(muted, 7), None, pts, pts, speech)
+    assert m["peak_opening_ratio"] == pytest.approx(0.07 / 0.09, abs=0.03)
+    assert m["closure_ratio"] == pytest.approx(0.03 / 0.01, rel=0.15)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,10 @@ _DESCRIPTIONS = {
     "sharpness_ratio": ("Laplacian variance, generated ÷ real", "near 1; below is blurrier"),
     "opening_range_ratio": ("std of mouth opening, generated ÷ real", "near 1; below is muted"),
     "mean_opening_ratio": ("mean mouth opening, generated ÷ real", "near 1"),
+    "peak_opening_ratio": ("widest openings at speech (95th percentile), generated ÷ real", "near 1; below: "
+                           "never opens fully"),
+    "closure_ratio": ("most-closed openings at speech (5th percentile), generated ÷ real", "near 1; above: never "
+                      "closes fully"),
     "silence_opening_generated": ("mean opening in silent stretches, generated", "near the real one"),
     "silence_opening_real": ("mean opening in silent stretches, real", ""),
     "silence_opening_gap": ("|generated − real| in silence ÷ real speaking range", "≤ 0.1"),

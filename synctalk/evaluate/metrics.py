@@ -154,6 +154,13 @@ def speaking_range(openings: Sequence[float], speech: np.ndarray) -> float:
     return float(np.percentile(x[m], 95) - np.percentile(x[m], 5)) if m.sum() >= 2 else float("nan")
 
 
+def speaking_percentile(openings: Sequence[float], speech: np.ndarray, q: float) -> float:
+    """The q-th percentile of the mouth opening over speech frames (NaN if fewer than two)."""
+    x = np.asarray(openings, np.float64)
+    m = np.asarray(speech, bool)[:len(x)]
+    return float(np.percentile(x[m], q)) if m.sum() >= 2 else float("nan")
+
+
 def finite_or_none(v: Any) -> Any:
     """v, or None where it is a non-finite float."""
     return None if isinstance(v, float) and not math.isfinite(v) else v
@@ -204,7 +211,13 @@ def score_series(real: np.ndarray, generated: np.ndarray, shifted: np.ndarray | 
     silent = np.zeros(n, bool) if speech is None else ~np.asarray(speech, bool)[:n]
     gen_rest, real_rest = masked_mean(generated, silent), masked_mean(real, silent)
     span = speaking_range(real, ~silent)
+    # articulation, from the two distributions at speech (frame pairing and sync do not enter): how wide
+    # the widest openings get and how far the mouth closes, each against the real mouth's
+    wide_gen, wide_real = speaking_percentile(generated, ~silent, 95), speaking_percentile(real, ~silent, 95)
+    shut_gen, shut_real = speaking_percentile(generated, ~silent, 5), speaking_percentile(real, ~silent, 5)
     m.update({
+        "peak_opening_ratio": ratio(wide_gen, wide_real),
+        "closure_ratio": ratio(shut_gen, shut_real),
         "silence_frames": int(silent.sum()),
         "silence_opening_generated": finite_or_none(gen_rest),
         "silence_opening_real": finite_or_none(real_rest),

@@ -147,18 +147,16 @@ def masked_mean(x: Sequence[float], mask: np.ndarray) -> float:
     return float(x[m].mean()) if m.any() else float("nan")
 
 
-def speaking_range(openings: Sequence[float], speech: np.ndarray) -> float:
-    """Spread of the mouth opening while speaking: 95th − 5th percentile over speech frames (NaN if none)."""
-    x = np.asarray(openings, np.float64)
-    m = np.asarray(speech, bool)[:len(x)]
-    return float(np.percentile(x[m], 95) - np.percentile(x[m], 5)) if m.sum() >= 2 else float("nan")
-
-
 def speaking_percentile(openings: Sequence[float], speech: np.ndarray, q: float) -> float:
     """The q-th percentile of the mouth opening over speech frames (NaN if fewer than two)."""
     x = np.asarray(openings, np.float64)
     m = np.asarray(speech, bool)[:len(x)]
     return float(np.percentile(x[m], q)) if m.sum() >= 2 else float("nan")
+
+
+def speaking_range(openings: Sequence[float], speech: np.ndarray) -> float:
+    """Spread of the mouth opening while speaking: 95th − 5th percentile over speech frames (NaN if none)."""
+    return speaking_percentile(openings, speech, 95) - speaking_percentile(openings, speech, 5)
 
 
 def finite_or_none(v: Any) -> Any:

@@ -38,7 +38,8 @@ HELD_OUT_REFERENCES = ("own", "train")  # the held-out mode's reference image: t
 METRIC_KEYS = ("sync_corr", "lag_peak", "lag_peak_corr", "sync_corr_shifted", "sync_margin", "lag_peak_vs_audio",
                "sync_corr_vs_audio", "psnr_mouth",
                "ssim_mouth", "jitter_ratio", "sharpness_ratio", "opening_range_ratio", "mean_opening_ratio",
-               "peak_opening_ratio", "closure_ratio", "silence_opening_generated", "silence_opening_real", "silence_opening_gap", "silence_jitter_ratio")
+               "peak_opening_ratio", "closure_ratio", "silence_opening_generated", "silence_opening_real",
+               "silence_opening_gap", "silence_jitter_ratio")
 
 
 @dataclass

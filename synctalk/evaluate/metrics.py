@@ -154,11 +154,6 @@ def speaking_percentile(openings: Sequence[float], speech: np.ndarray, q: float)
     return float(np.percentile(x[m], q)) if m.sum() >= 2 else float("nan")
 
 
-def speaking_range(openings: Sequence[float], speech: np.ndarray) -> float:
-    """Spread of the mouth opening while speaking: 95th − 5th percentile over speech frames (NaN if none)."""
-    return speaking_percentile(openings, speech, 95) - speaking_percentile(openings, speech, 5)
-
-
 def finite_or_none(v: Any) -> Any:
     """v, or None where it is a non-finite float."""
     return None if isinstance(v, float) and not math.isfinite(v) else v
@@ -208,11 +203,11 @@ def score_series(real: np.ndarray, generated: np.ndarray, shifted: np.ndarray | 
     }
     silent = np.zeros(n, bool) if speech is None else ~np.asarray(speech, bool)[:n]
     gen_rest, real_rest = masked_mean(generated, silent), masked_mean(real, silent)
-    span = speaking_range(real, ~silent)
     # articulation, from the two distributions at speech (frame pairing and sync do not enter): how wide
     # the widest openings get and how far the mouth closes, each against the real mouth's
     wide_gen, wide_real = speaking_percentile(generated, ~silent, 95), speaking_percentile(real, ~silent, 95)
     shut_gen, shut_real = speaking_percentile(generated, ~silent, 5), speaking_percentile(real, ~silent, 5)
+    span = wide_real - shut_real  # the real speaking range (NaN without speech)
     m.update({
         "peak_opening_ratio": ratio(wide_gen, wide_real),
         "closure_ratio": ratio(shut_gen, shut_real),

@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -61,8 +62,6 @@ def read_lock(path: Path) -> dict[str, Any] | None:
 def _holder_of(path: Path, wait_s: float = 1.0) -> dict[str, Any] | None:
     """The holder of a lock found held; a holder that has just locked it writes its name a moment
     later, so an empty file is read again for up to `wait_s` before it is reported as just starting."""
-    import time
-
     deadline = time.monotonic() + wait_s
     while True:
         info = read_lock(path)

@@ -491,33 +491,43 @@ def test_status_says_how_well_the_critic_finds_the_offset_and_the_gate_reads_the
     assert syncnet_gate({"offset_acc": 0.25})[0] and not syncnet_gate({})[0]
 
 
+class _EpochTask:
+    """The part of a training Task that train_epoch drives, for epochs of fixed batches: `steps` batches
+    of 4 samples, each step returning `parts`."""
+    what, device, compile_pending = "UNet", torch.device("cpu"), False
+
+    def __init__(self, terms: tuple[str, ...], parts: list[float], steps: int) -> None:
+        from synctalk.training.runtime import Distributed
+
+        self.terms, self.parts, self.total_steps, self.dist = terms, parts, steps, Distributed()
+        self.generator = torch.Generator().manual_seed(0)
+        self.steps = 0
+
+    def train_mode(self) -> None:
+        pass
+
+    def active_terms(self):
+        return self.terms
+
+    def epoch_batches(self, epoch, start=0):
+        return 4 * self.total_steps, iter([(None, 4)] * (self.total_steps - start))
+
+    def step(self, batch):
+        self.steps += 1
+        return torch.tensor(self.parts)
+
+
 def test_the_compiling_first_step_is_announced_timed_and_kept_out_of_the_bar_rate(capsys, monkeypatch) -> None:
     from synctalk.training import loop
-    from synctalk.training.runtime import Distributed
 
-    class Compiling:
+    class Compiling(_EpochTask):
         """A task whose first step is slow, as a compiled one is; the rest are instant."""
-        what, terms, device, dist = "UNet", ("train_loss",), torch.device("cpu"), Distributed()
         compile_pending = True
 
-        def __init__(self) -> None:
-            self.generator = torch.Generator().manual_seed(0)
-            self.steps = 0
-
-        def train_mode(self) -> None:
-            pass
-
-        def active_terms(self):
-            return self.terms
-
-        def epoch_batches(self, epoch, start=0):
-            return 12, iter([(None, 4)] * 3)
-
         def step(self, batch):
-            self.steps += 1
-            if self.steps == 1:
+            if self.steps == 0:
                 time.sleep(0.4)
-            return torch.tensor([0.5])
+            return super().step(batch)
 
     elapsed: list[float] = []
     real = loop.tqdm
@@ -531,7 +541,7 @@ def test_the_compiling_first_step_is_announced_timed_and_kept_out_of_the_bar_rat
             super().close()
 
     monkeypatch.setattr(loop, "tqdm", Bar)
-    task = Compiling()
+    task = Compiling(("train_loss",), [0.5], 3)
     out = loop.train_epoch(task, 1, 2, progress=True, log_every=1)
     again = loop.train_epoch(task, 2, 2, progress=True, log_every=1)
     said = capsys.readouterr().out
@@ -548,29 +558,8 @@ def test_a_step_checkpoint_resumes_into_a_run_with_more_loss_terms() -> None:
     """An epoch stopped by a signal, resumed with the adversarial stage turned on: the saved sums are taken
     by name and the new terms start from zero (they were a shape error)."""
     from synctalk.training import loop
-    from synctalk.training.runtime import Distributed
 
-    class Task:
-        what, device, dist = "UNet", torch.device("cpu"), Distributed()
-        terms = ("train_loss", "l1", "adv_g")
-        compile_pending = False
-
-        def __init__(self) -> None:
-            self.generator = torch.Generator().manual_seed(0)
-
-        def train_mode(self) -> None:
-            pass
-
-        def active_terms(self):
-            return self.terms
-
-        def epoch_batches(self, epoch, start=0):
-            return 8, iter([(None, 4)] * (2 - start))
-
-        def step(self, batch):
-            return torch.tensor([1.0, 0.5, 0.25])
-
-    task = Task()
+    task = _EpochTask(("train_loss", "l1", "adv_g"), [1.0, 0.5, 0.25], 2)
     position = {"epoch": 3, "done_steps": 1, "rng_epoch": task.generator.get_state(), "terms": ["train_loss", "l1"],
                 "sums": [8.0, 4.0], "seen": 4, "seconds": 1.0}
     out = loop.train_epoch(task, 3, 3, progress=False, position=position)

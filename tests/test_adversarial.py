@@ -99,11 +99,21 @@ def test_the_generator_term_reaches_the_image_not_the_critic_and_runs_under_bf16
     assert torch.isfinite(d) and all(p.grad is not None for p in adv.model.parameters())
 
 
+def test_the_critic_is_on_by_default_from_a_fifth_of_the_epochs() -> None:
+    from synctalk.training.adversarial import default_start_epoch
+    from synctalk.training.config import UNetConfig
+
+    cfg = UNetConfig()
+    assert cfg.adversarial_weight == 0.02 and cfg.adversarial_start_epoch is None and cfg.lr_schedule == "cosine"
+    assert [default_start_epoch(n) for n in (1, 2, 5, 10, 26, 100)] == [1, 1, 2, 3, 6, 21]
+    assert UNetConfig.QUICK["adversarial_weight"] == 0.0  # --quick stays the plain L1 trial
+
+
 def test_weight_zero_builds_no_critic_and_a_run_without_it_writes_none(source, work, capsys) -> None:
     assert build_adversary(weight=0.0, start_epoch=1, lr=1e-4, width="tiny", box=None, device=CPU, amp="none",
                            channels_last=False, dist=Distributed()) is None
     copy_dataset(source, work / "dataset", "ned")
-    assert train_unet(work, "ned", "--epochs", "1") == 0
+    assert train_unet(work, "ned", "--epochs", "1", "--adversarial_weight", "0") == 0
     out = capsys.readouterr().out
     assert "adversarial" not in out and "adv_g" not in out
     ckpt = load(checkpoint_layout(work / "checkpoint", "ned").unet_dir / "checkpoint_latest.pth")
@@ -131,7 +141,7 @@ def test_an_adversarial_run_checkpoints_its_critic_and_resumes_it_exactly(source
 
     # the L1 warm-up is the L1 run itself: building the critic leaves the UNet's weights and batches alone
     copy_dataset(source, work / "dataset", "bea")
-    assert train_unet(work, "bea", "--epochs", "1") == 0
+    assert train_unet(work, "bea", "--epochs", "1", "--adversarial_weight", "0") == 0
     plain = load(checkpoint_layout(work / "checkpoint", "bea").unet_dir / "1.pth")["model"]
     warm = load(run_dir / "1.pth")["model"]
     assert all(torch.equal(plain[k], warm[k]) for k in plain)
@@ -157,7 +167,7 @@ def test_an_adversarial_run_checkpoints_its_critic_and_resumes_it_exactly(source
 
 def test_a_checkpoint_without_a_critic_starts_a_fresh_one_with_a_note(source, work, capsys) -> None:
     copy_dataset(source, work / "dataset", "lea")
-    assert train_unet(work, "lea", "--epochs", "1") == 0
+    assert train_unet(work, "lea", "--epochs", "1", "--adversarial_weight", "0") == 0
     capsys.readouterr()
     assert train_unet(work, "lea", "--continue_training", "--epochs", "2", "--adversarial_weight", "0.05") == 0
     out = capsys.readouterr().out

@@ -279,7 +279,8 @@ def test_a_continued_unet_keeps_the_options_saved_in_its_config_json(source, wor
     where = ["--name", "kim", "--dataset_dir", str(work / "dataset"), "--checkpoint_dir", str(work / "checkpoint"),
              "--device", "cpu", "--no_progress"]
     assert main(["train-unet", *where, "--width", "tiny", "--batchsize", "4", "--val_fraction", "0.125",
-                 "--perceptual", "none", "--l1_weight", "2", "--syncnet", "off", "--epochs", "1"]) == 0
+                 "--perceptual", "none", "--l1_weight", "2", "--syncnet", "off", "--adversarial_weight", "0",
+                 "--epochs", "1"]) == 0
     run_dir = checkpoint_layout(work / "checkpoint", "kim").unet_dir
     cfg = load_run_config(run_dir)
     assert cfg["kind"] == "unet" and cfg["options"]["perceptual"] == "none" and cfg["options"]["l1_weight"] == 2.0
@@ -293,6 +294,7 @@ def test_a_continued_unet_keeps_the_options_saved_in_its_config_json(source, wor
     assert "resuming UNet of kim from epoch 1" in out and "width tiny" in out and "batch 4," in out
     ckpt = torch.load(run_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["config"]["perceptual"] == "none" and ckpt["config"]["sync_weight"] == 0.0
+    assert ckpt["config"]["adversarial_weight"] == 0.0  # no critic on the resume either
     m = ckpt["metrics"]
     assert abs(m["train_loss"] - 2 * m["l1"]) < 1e-6 and "perceptual" not in m  # --l1_weight 2 kept
     assert load_run_config(run_dir)["options"]["epochs"] == 2

@@ -92,6 +92,12 @@ class Adversary:
         return True
 
 
+def default_start_epoch(epochs: int) -> int:
+    """The first epoch with the critic when none is given: after a fifth of the run on L1 alone (epoch 6
+    of 26), so the critic meets a UNet that already draws the person's face."""
+    return max(1, int(epochs) // 5 + 1)
+
+
 def build_adversary(*, weight: float, start_epoch: int, lr: float, width: "str | Sequence[int]",
                     box: Sequence[int] | None, device: torch.device, amp: str, channels_last: bool,
                     dist: Distributed, resume: dict[str, Any] | None = None, seed: int = 0) -> Adversary | None:

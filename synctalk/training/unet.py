@@ -4,7 +4,8 @@ A sample is the inner 320 crop of frame i (target), the same crop with the mouth
 out, the crop of a random other training frame (reference: what the person looks like), and the
 audio window of frame i. Loss = w_l1·L1 + w_p·perceptual (VGG19) + w_s·sync (the person's frozen
 SyncNet judging the prediction against the audio) + w_a·adversarial (a patch critic of the mouth,
-synctalk.training.adversarial; off unless --adversarial_weight is given). Each epoch ends with held-out L1 and PSNR;
+synctalk.training.adversarial; 0.02 from a fifth of the epochs on, --adversarial_weight 0 turns it off).
+Each epoch ends with held-out L1 and PSNR;
 checkpoint_best.pth is the epoch with the lowest held-out L1. `UNetTask` is what the training loop
 (synctalk.training.loop) runs; `synctalk train-unet` starts it.
 """
@@ -29,7 +30,7 @@ from ..fileio import write_bytes_atomic
 from ..layout import DatasetLayout
 from ..losses import PerceptualLoss, load_perceptual_loss, sync_loss
 from ..state import MAIN, SYNCNET, TrainingState
-from .adversarial import STATE_KEY as ADVERSARY_KEY, Adversary, build_adversary
+from .adversarial import STATE_KEY as ADVERSARY_KEY, Adversary, build_adversary, default_start_epoch
 from .checkpoint import unwrap
 from .config import UNetConfig
 from .loop import Speed, Task
@@ -334,7 +335,8 @@ class UNetTask(Task):
         # before the critic: the UNet's initial weights stay those of an L1 run
         unet = build_unet(asr, cfg.width, feature_audio_dim(layout, asr))
         adversary = build_adversary(
-            weight=cfg.adversarial_weight, start_epoch=cfg.adversarial_start_epoch, lr=cfg.disc_lr,
+            weight=cfg.adversarial_weight, lr=cfg.disc_lr,
+            start_epoch=cfg.adversarial_start_epoch or default_start_epoch(cfg.epochs),
             width=AUTO_WIDTH.get(cfg.width or "full", "mobile") if cfg.disc_width == "auto" else cfg.disc_width,
             box=parse_disc_box(cfg.disc_box), device=device, amp=speed.amp,
             channels_last=speed.channels_last, dist=dist, resume=resume, seed=cfg.seed)

@@ -68,6 +68,12 @@ def test_the_seed_flags_map_onto_the_two_commands() -> None:
     assert reuse[0][1]["reuse"] == "other.pth" and reuse[1][1]["syncnet"] == "other.pth"
     with pytest.raises(SyncTalkError, match="contradict"):
         steps("--use_syncnet", "--no_syncnet")
+    # a shared option left untyped takes each command's own default, not the other's
+    from synctalk.training.config import SyncNetConfig, UNetConfig
+
+    assert "lr_schedule" not in steps()[0][1] and "save_interval" not in steps("--train_syncnet")[0][1]
+    assert (SyncNetConfig().lr_schedule, UNetConfig().lr_schedule) == ("constant", "cosine")
+    assert (SyncNetConfig().save_interval, UNetConfig().save_interval) == (10, 1)
 
 
 def test_saved_options_fill_in_what_the_command_line_leaves_out() -> None:

@@ -120,6 +120,8 @@ class SyncNetConfig(RunConfig):
     QUICK_NOTE: ClassVar[str] = ("a tiny SyncNet, 1 epoch of at least 128 pairs (a trial, not a usable critic: "
                                  "the UNet then trains without the sync loss)")
 
+    # a SyncNet epoch takes 1-2 s on a GPU: an 84 MB epoch file after each would be most of the writing
+    save_interval: int = opt(10, "write <epoch>.pth every this many epochs (and after the last)")
     reuse: str | None = opt(None, "satisfy this person's SyncNet step with an existing SyncNet checkpoint (its "
                                   "audio features must match) instead of training one")
     pairs_per_epoch: int | None = opt(None, "pairs drawn per epoch at least (short videos repeat frames; auto: 8192 "

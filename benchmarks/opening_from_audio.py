@@ -29,15 +29,13 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 RIDGE_STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
-def audio_windows(layout, asr: str, rows: np.ndarray) -> np.ndarray:
+def audio_windows(feats: np.ndarray, asr: str, rows: np.ndarray) -> np.ndarray:
     """(N, D) flattened audio windows of the feature rows `rows` (zero-padded at the ends)."""
     import torch
 
     from synctalk.audio.registry import get_spec
-    from synctalk.data.features import load_features
 
-    feats = load_features(layout, asr)
-    spec = get_spec(asr).for_rows(tuple(feats.shape[1:]), str(layout.features(asr)))
+    spec = get_spec(asr).for_rows(tuple(feats.shape[1:]))
     x = spec.batch_windows(torch.from_numpy(feats), torch.as_tensor(rows, dtype=torch.long))
     return x.reshape(len(rows), -1).numpy().astype(np.float32)
 
@@ -45,20 +43,20 @@ def audio_windows(layout, asr: str, rows: np.ndarray) -> np.ndarray:
 def person(dataset_dir: Path, name: str, asr: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(audio windows, landmark openings, how the A/V offset was read) of one preprocessed dataset; frame
     i hears the audio row its A/V offset gives it, as in training."""
+    from synctalk.data.features import load_features
+    from synctalk.data.frames import frame_audio_rows
     from synctalk.faces.lms import load_all_landmarks
     from synctalk.faces.topology import topology_for_points
     from synctalk.layout import dataset_layout
     from synctalk.training.loop import resolve_av_offset
 
     layout = dataset_layout(dataset_dir, name)
-    count = len(np.load(layout.features(asr), mmap_mode="r"))
-    frames = len(list(layout.landmarks_dir.glob("*.lms")))
-    n = min(count, frames)
+    feats = load_features(layout, asr)
+    n = min(len(feats), len(list(layout.landmarks_dir.glob("*.lms"))))
     lms = load_all_landmarks(layout, n)
     opening = topology_for_points(lms.shape[1]).mouth_aperture(lms)
     offset, why = resolve_av_offset("auto", layout)
-    rows = np.clip(np.arange(n) - np.asarray(offset)[:n] if np.ndim(offset) else np.arange(n) - int(offset), 0, n - 1)
-    return audio_windows(layout, asr, rows), opening, why
+    return audio_windows(feats[:n], asr, frame_audio_rows(n, offset)), opening, why
 
 
 class Ridge:

@@ -83,10 +83,8 @@ class FrameData:
         self.features = feats.to(self.device)
         self._audio_rows = None  # with per-frame offsets: the audio row each frame hears
         if drifts:
-            off = per_frame[: self.n]
-            off = np.concatenate([off, np.full(self.n - len(off), off[-1])])  # a short list holds its last value
-            rows = np.clip(np.arange(self.n) - off, 0, self.n - 1)
-            self._audio_rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+            self._audio_rows = torch.as_tensor(frame_audio_rows(self.n, per_frame), dtype=torch.long,
+                                               device=self.device)
         if on_device == "auto":
             on_device = self.device.type != "cpu" and _fits_on_device(self.n * INNER * INNER * 3, self.device)
         # a tensor is already in memory: keep it (on the device) rather than index it like a memmap
@@ -196,6 +194,16 @@ class FrameData:
         if self.channels_last:
             img6 = img6.contiguous(memory_format=torch.channels_last)
         return Batch(img6=img6, target=target, audio=self.audio(idx))
+
+
+def frame_audio_rows(n: int, av_offset: "int | Sequence[int] | np.ndarray") -> np.ndarray:
+    """The feature row each of `n` frames hears: i - its A/V offset, within the video. `av_offset` is one
+    number for the video or one per frame (a short list holds its last value)."""
+    off = np.asarray(av_offset, dtype=np.int64).reshape(-1)[:n]
+    if off.size == 0:
+        off = np.zeros(1, np.int64)
+    off = np.concatenate([off, np.full(n - len(off), off[-1])])
+    return np.clip(np.arange(n) - off, 0, n - 1)
 
 
 def _fits_on_device(nbytes: int, device: Any) -> bool:

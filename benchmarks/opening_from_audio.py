@@ -53,6 +53,8 @@ def person(dataset_dir: Path, name: str, asr: str) -> tuple[np.ndarray, np.ndarr
     layout = dataset_layout(dataset_dir, name)
     feats = load_features(layout, asr)
     n = min(len(feats), len(list(layout.landmarks_dir.glob("*.lms"))))
+    if n < 2:
+        raise SystemExit(f"{name}: no landmarks in {layout.landmarks_dir} (preprocess the recording first)")
     lms = load_all_landmarks(layout, n)
     opening = topology_for_points(lms.shape[1]).mouth_aperture(lms)
     offset, why = resolve_av_offset("auto", layout)

@@ -72,9 +72,10 @@ def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[lis
         ("lip activity", _lip_mark(pre.get("lip_activity")), _lip_detail(pre.get("lip_activity"))),
         ("A/V offset", *_av_offset_mark(pre)),
         ("syncnet", mark(bool(syn.get("completed"))),
-         f"{syn.get('epochs', 0)} epochs, asr {syn.get('asr', '?')}" + _critic_detail(syn)
+         f"{syn.get('epochs', 0)} epochs, asr {syn.get('asr', '?')}" + _critic_detail(syn) + _resume_detail(syn)
          + (f", from {syn['reused_from']}" if syn.get("reused_from") else "")),
-        ("unet", mark(bool(main.get("completed"))), f"{main.get('epochs', 0)} epochs, {len(main.get('checkpoints') or [])} checkpoints"),
+        ("unet", mark(bool(main.get("completed"))), f"{main.get('epochs', 0)} epochs, {len(main.get('checkpoints') or [])} checkpoints"
+         + _resume_detail(main)),
     ]
     ckpt = checkpoint_layout(checkpoint_dir, name)
     if not pre.get("completed"):
@@ -86,6 +87,15 @@ def status_rows(dataset_dir: Path, checkpoint_dir: Path, name: str) -> tuple[lis
     else:
         nxt = f"synctalk infer --name {name} --audio_path speech.wav"
     return rows, nxt
+
+
+def _resume_detail(sec: dict) -> str:
+    """Where --continue_training picks up, when the resume point is older than the last finished epoch
+    (checkpoint_latest.pth is written about once a minute; training.loop.RESUME_EVERY_S)."""
+    at = sec.get("latest_epoch")
+    if sec.get("completed") or not isinstance(at, int) or at >= int(sec.get("epochs", 0)):
+        return ""
+    return f", resumes from epoch {at}"
 
 
 def _critic_detail(syn: dict) -> str:

@@ -567,3 +567,39 @@ def test_a_step_checkpoint_resumes_into_a_run_with_more_loss_terms() -> None:
     out = loop.train_epoch(task, 3, 3, progress=False, position=position)
     assert out["train_loss"] == pytest.approx((8.0 + 4.0) / 8) and out["l1"] == pytest.approx((4.0 + 2.0) / 8)
     assert out["adv_g"] == pytest.approx(1.0 / 8)
+
+
+def test_the_resume_point_is_written_after_the_first_epoch_then_once_a_minute_and_after_the_last(
+        source, work, capsys, monkeypatch) -> None:
+    """checkpoint_latest.pth (160-250 MB on a real run) is not rewritten after every 1-2 s GPU epoch: with
+    less than RESUME_EVERY_S between epochs it is written after the first and the last; the state and
+    `synctalk status` say where --continue_training would pick up meanwhile."""
+    from synctalk import status
+    from synctalk.training import checkpoint, loop
+
+    person(source, work, "eve")
+    monkeypatch.setattr(loop, "RESUME_EVERY_S", 3600.0)
+    layout = dataset_layout(work / "dataset", "eve")
+    seen = []
+    real = checkpoint.write_epoch
+
+    def spy(run_dir, payload, **kw):
+        before = saved_epoch(checkpoint.latest_path(run_dir)) if checkpoint.latest_path(run_dir).exists() else None
+        kept = real(run_dir, payload, **kw)
+        seen.append((int(payload["epoch"]), before, saved_epoch(checkpoint.latest_path(run_dir))))
+        return kept
+
+    monkeypatch.setattr(loop, "write_epoch", spy)
+    assert train(work, "eve", "--train_syncnet", "--epochs", "3") == 0
+    # (epoch, the epoch checkpoint_latest.pth held before it, and after it)
+    assert seen == [(1, None, 1), (2, 1, 1), (3, 1, 3)]
+    sec = TrainingState(layout.state_file).section("syncnet_training")
+    assert sec["completed"] and sec["epochs"] == 3 and sec["latest_epoch"] == 3
+
+    def syncnet_row() -> str:
+        return {r[0]: r[2] for r in status.status_rows(work / "dataset", work / "checkpoint", "eve")[0]}["syncnet"]
+
+    assert "3 epochs" in syncnet_row() and "resumes" not in syncnet_row()
+    # a state left by a kill after epoch 2 points --continue_training at epoch 1, and status says so
+    TrainingState(layout.state_file).update("syncnet_training", completed=False, epochs=2, latest_epoch=1)
+    assert "2 epochs" in syncnet_row() and "resumes from epoch 1" in syncnet_row()

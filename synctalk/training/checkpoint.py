@@ -40,9 +40,9 @@ def model_only(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_epoch(run_dir: Path, payload: dict[str, Any], *, final_epoch: int, save_interval: int, keep: int,
-                improved: bool) -> list[str]:
-    """After an epoch: latest (the full resume point) always, best when it improved and `<epoch>.pth` at
-    the interval and at the end (both model-only); old epoch files pruned. Returns the epoch files kept
+                improved: bool, latest: bool = True) -> list[str]:
+    """After an epoch: latest (the full resume point) when `latest`, best when it improved and `<epoch>.pth`
+    at the interval and at the end (both model-only); old epoch files pruned. Returns the epoch files kept
     (absolute paths, for the state file)."""
     epoch = int(payload["epoch"])
     slim = model_only(payload)
@@ -50,7 +50,8 @@ def write_epoch(run_dir: Path, payload: dict[str, Any], *, final_epoch: int, sav
         save_checkpoint(CheckpointLayout.epoch(run_dir, epoch), slim)
     if improved:
         save_checkpoint(best_path(run_dir), slim)
-    save_checkpoint(latest_path(run_dir), payload)
+    if latest:
+        save_checkpoint(latest_path(run_dir), payload)
     prune_epoch_files(run_dir, keep)
     return [str(p.resolve()) for _e, p in epoch_files(run_dir)]
 

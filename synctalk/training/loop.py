@@ -83,6 +83,12 @@ def resolve_speed(cfg: RunConfig, device: torch.device, world_size: int, *, gpu_
 
 
 LR_FLOOR = 0.1  # cosine schedule: the last epoch's rate, as a share of --lr
+# checkpoint_latest.pth (model, optimizer, random states: 160-250 MB) is written after the first epoch of
+# a session, then once this many seconds have passed since it was last written, and after the last
+# epoch; a signal (Ctrl-C, SIGTERM) writes it at once. A SyncNet epoch takes 1-2 s on a GPU and
+# writing a 250 MB file took 1.2-1.4 s on a 2-core machine, so a file every epoch could double the
+# run; a kill -9 now costs at most about a minute of training.
+RESUME_EVERY_S = 60.0
 
 
 def epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
@@ -504,6 +510,8 @@ def run_training(task_cls: type[Task], cfg: RunConfig, dist: Distributed) -> Tra
     if position is not None:
         dist.log(f"continuing epoch {start + 1} after its step {position['done_steps']} (stopped there by a signal)")
     metrics: dict[str, float] = dict((resume or {}).get("metrics") or {})
+    latest_at = -math.inf  # when checkpoint_latest.pth was last written (time.monotonic)
+    resume_epoch = start  # the finished epochs checkpoint_latest.pth holds
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
             task.set_lr(epoch_lr(speed.lr, cfg.lr_schedule, epoch, cfg.epochs))
@@ -530,9 +538,14 @@ def run_training(task_cls: type[Task], cfg: RunConfig, dist: Distributed) -> Tra
                                     task.network_config(), metrics, best_metrics, rng_state(task.generator))
             payload["run_config"] = run_config
             payload.update(task.extra_state())
+            write_latest = epoch == cfg.epochs or time.monotonic() - latest_at >= RESUME_EVERY_S
             kept = write_epoch(run_dir, payload, final_epoch=cfg.epochs, save_interval=cfg.save_interval,
-                               keep=cfg.keep_checkpoints, improved=improved)
+                               keep=cfg.keep_checkpoints, improved=improved, latest=write_latest)
+            if write_latest:
+                latest_at = time.monotonic()
+                resume_epoch = epoch
             state.update(task_cls.section, epochs=epoch, latest=str(latest_path(run_dir).resolve()),
+                         latest_epoch=resume_epoch,
                          best=str(best_path(run_dir).resolve()), checkpoint=str(best_path(run_dir).resolve()),
                          checkpoints=kept, metrics=metrics, completed=epoch >= cfg.epochs, step=None,
                          best_metrics={k: v for k, v in best_metrics.items() if not k.startswith("_")},
@@ -555,7 +568,7 @@ def _save_step(task: Task, run_dir: Path, state: TrainingState, stopped: EpochIn
     payload.update(run_config=run_config, step=stopped.position, **task.extra_state())
     save_checkpoint(latest_path(run_dir), payload)
     done = stopped.position["done_steps"]
-    state.update(task.section, latest=str(latest_path(run_dir).resolve()),
+    state.update(task.section, latest=str(latest_path(run_dir).resolve()), latest_epoch=epoch - 1,
                  step={"epoch": epoch, "done_steps": done, "samples": stopped.position["seen"]})
     print(f"{stopped.signame}: saved the model after step {done} of epoch {epoch} to {latest_path(run_dir)}; "
           f"rerun the same command to continue from there", flush=True)

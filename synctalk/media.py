@@ -158,14 +158,21 @@ def _display_size(path: str | Path, info: MediaInfo) -> tuple[int, int]:
     return info.width, info.height
 
 
+# Decoded audio is laid on its timestamps: a gap between packets becomes silence, and a track that
+# starts after 0 is padded from 0, so sample k is at k / rate on the video's clock. Decoders otherwise
+# butt the samples together: grid_s1_5min.mp4 (100 sentences joined) has a 2 ms gap at each of its 99
+# joins, and its audio came out 0.2 s short, sliding off the frames by about a frame a minute.
+ON_TIMESTAMPS = "aresample=async=1:min_hard_comp=0.001:first_pts=0"
+
+
 def extract_audio_wav(src: str | Path, dst: str | Path, sample_rate: int = 16000) -> None:
     """Write the audio track of `src` as 16-bit PCM mono WAV at `sample_rate`, atomically."""
     info = probe(src)
     if not info.has_audio:
         raise SyncTalkError(f"{src} has no audio track")
     with atomic_path(dst, suffix=".wav") as tmp:
-        _run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), "-vn", "-ac", "1", "-ar", str(sample_rate),
-              "-c:a", "pcm_s16le", "-f", "wav", str(tmp)], f"extracting audio from {src}")
+        _run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), "-vn", "-ac", "1", "-af", ON_TIMESTAMPS,
+              "-ar", str(sample_rate), "-c:a", "pcm_s16le", "-f", "wav", str(tmp)], f"extracting audio from {src}")
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
@@ -173,7 +180,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     info = probe(path)
     if not info.has_audio:
         raise SyncTalkError(f"{path} has no audio track")
-    proc = subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(path), "-vn", "-ac", "1",
+    proc = subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(path), "-vn", "-ac", "1", "-af", ON_TIMESTAMPS,
                            "-ar", str(sample_rate), "-f", "f32le", "-"], capture_output=True)
     if proc.returncode != 0:
         raise SyncTalkError(f"could not decode audio of {path}: {proc.stderr.decode(errors='replace')[-300:]}")

@@ -203,7 +203,8 @@ def _extract_audio(opts: PreprocessOptions, layout: DatasetLayout, state: Traini
         result.skipped.append("audio")
         return
     media.extract_audio_wav(layout.video, layout.audio_wav, SAMPLE_RATE)
-    state.update("preprocessing", audio_done=True, sample_rate=SAMPLE_RATE)
+    # features made from an earlier aud.wav no longer match it: each is made again when asked for
+    state.update("preprocessing", audio_done=True, sample_rate=SAMPLE_RATE, feature_files={}, asr_models=[])
     result.done_now.append("audio")
 
 

@@ -354,3 +354,36 @@ def test_bad_input_is_a_clear_error(bad, expect):
     kw.update(bad)
     with pytest.raises(SyncTalkError, match=expect):
         compute_features(kw["asr"], kw["audio"], kw["num_frames"], progress=False)
+
+
+def test_audio_is_laid_on_its_timestamps_across_gaps_in_the_track(tmp_path):
+    """Clips joined whose audio is a little shorter than their video (grid_s1_5min's 100 sentences:
+    2 ms each) leave small gaps in the audio timestamps. The extracted samples keep them as silence,
+    so the last clip's sound starts with its frames, at 8.0 s, not 80 ms early as when decoders butt
+    the samples together."""
+    import subprocess
+
+    ff = media.ffmpeg_exe()
+    parts = []
+    for k in range(9):  # 1 s of frames, 0.99 s of sound each; the last one at 1000 Hz
+        part = tmp_path / f"part{k}.mkv"
+        hz = 1000 if k == 8 else 440
+        subprocess.run([ff, "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=32x32:r=25:d=1",
+                        "-f", "lavfi", "-i", f"sine=frequency={hz}:sample_rate=16000:duration=0.99",
+                        "-c:v", "mpeg4", "-c:a", "pcm_s16le", str(part)], check=True)
+        parts.append(part)
+    listing = tmp_path / "parts.txt"
+    listing.write_text("".join(f"file '{p}'\n" for p in parts))
+    joined = tmp_path / "joined.mkv"
+    subprocess.run([ff, "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
+                    str(joined)], check=True)
+    wav = tmp_path / "aud.wav"
+    media.extract_audio_wav(joined, wav)
+    for audio in (media.load_audio(wav, SR), media.load_audio(joined, SR)):
+        hop = SR // 100  # 10 ms: 100 Hz bins
+        frames = audio[: audio.size // hop * hop].reshape(-1, hop)
+        spec = np.abs(np.fft.rfft(frames, axis=1))
+        loud = np.abs(frames).max(1) > 0.05
+        high = loud & (spec[:, 9:12].sum(1) > spec[:, 3:6].sum(1))  # 1000 Hz over 440 Hz
+        onset = int(np.nonzero(high)[0][0])
+        assert 799 <= onset <= 802, onset / 100  # butted together: about 7.92 s

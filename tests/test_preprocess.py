@@ -89,6 +89,19 @@ def test_rerun_skips_finished_parts(clip2):
     assert after["frame_count"] == before["frame_count"]
 
 
+def test_audio_made_again_makes_its_features_and_lip_check_again(clip2):
+    """A deleted aud.wav is extracted again; the features and the A/V offset made from the old one
+    are made again with it, not kept."""
+    tmp, first = clip2
+    layout = first.layout
+    layout.audio_wav.unlink()
+    again = preprocess_video(_opts(tmp, VIDEOS / "clip2.mp4", "clip2"))
+    assert {"audio", "features (mel)"} <= set(again.done_now)
+    sec = TrainingState(layout.state_file).section("preprocessing")
+    assert sec["feature_files"] == {"mel": layout.features("mel").name} and "av_offset" in sec
+    assert np.load(layout.features("mel")).shape[0] == sec["frame_count"]
+
+
 def test_status_table(clip2, capsys):
     from synctalk.cli import main
 

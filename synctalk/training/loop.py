@@ -85,9 +85,9 @@ def resolve_speed(cfg: RunConfig, device: torch.device, world_size: int, *, gpu_
 LR_FLOOR = 0.1  # cosine schedule: the last epoch's rate, as a share of --lr
 # checkpoint_latest.pth (model, optimizer, random states: 160-250 MB) is written after the first epoch of
 # a session, then once this many seconds have passed since it was last written, and after the last
-# epoch; a signal (Ctrl-C, SIGTERM) writes it at once. A SyncNet epoch takes 1-2 s on a GPU and
-# writing a 250 MB file took 1.2-1.4 s on a 2-core machine, so a file every epoch could double the
-# run; a kill -9 now costs at most about a minute of training.
+# epoch; a signal (Ctrl-C, SIGTERM) writes it at once (a run on several processes, which cannot, writes
+# it every epoch). A SyncNet epoch takes 1-2 s on a GPU and writing a 250 MB file took 1.2-1.4 s on a
+# 2-core machine, so a file every epoch could double the run; a kill -9 costs at most about a minute.
 RESUME_EVERY_S = 60.0
 
 
@@ -538,7 +538,8 @@ def run_training(task_cls: type[Task], cfg: RunConfig, dist: Distributed) -> Tra
                                     task.network_config(), metrics, best_metrics, rng_state(task.generator))
             payload["run_config"] = run_config
             payload.update(task.extra_state())
-            write_latest = epoch == cfg.epochs or time.monotonic() - latest_at >= RESUME_EVERY_S
+            # several processes cannot save a step checkpoint on a signal: they keep one every epoch
+            write_latest = dist.enabled or epoch == cfg.epochs or time.monotonic() - latest_at >= RESUME_EVERY_S
             kept = write_epoch(run_dir, payload, final_epoch=cfg.epochs, save_interval=cfg.save_interval,
                                keep=cfg.keep_checkpoints, improved=improved, latest=write_latest)
             if write_latest:

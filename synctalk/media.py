@@ -165,14 +165,19 @@ def _display_size(path: str | Path, info: MediaInfo) -> tuple[int, int]:
 ON_TIMESTAMPS = "aresample=async=1:min_hard_comp=0.001:first_pts=0"
 
 
+def _mono_audio_args(sample_rate: int) -> list[str]:
+    """The ffmpeg output options of every audio decode here: no video, mono, on its timestamps, resampled."""
+    return ["-vn", "-ac", "1", "-af", ON_TIMESTAMPS, "-ar", str(sample_rate)]
+
+
 def extract_audio_wav(src: str | Path, dst: str | Path, sample_rate: int = 16000) -> None:
     """Write the audio track of `src` as 16-bit PCM mono WAV at `sample_rate`, atomically."""
     info = probe(src)
     if not info.has_audio:
         raise SyncTalkError(f"{src} has no audio track")
     with atomic_path(dst, suffix=".wav") as tmp:
-        _run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), "-vn", "-ac", "1", "-af", ON_TIMESTAMPS,
-              "-ar", str(sample_rate), "-c:a", "pcm_s16le", "-f", "wav", str(tmp)], f"extracting audio from {src}")
+        _run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), *_mono_audio_args(sample_rate),
+              "-c:a", "pcm_s16le", "-f", "wav", str(tmp)], f"extracting audio from {src}")
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
@@ -180,8 +185,8 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     info = probe(path)
     if not info.has_audio:
         raise SyncTalkError(f"{path} has no audio track")
-    proc = subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(path), "-vn", "-ac", "1", "-af", ON_TIMESTAMPS,
-                           "-ar", str(sample_rate), "-f", "f32le", "-"], capture_output=True)
+    proc = subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(path), *_mono_audio_args(sample_rate),
+                           "-f", "f32le", "-"], capture_output=True)
     if proc.returncode != 0:
         raise SyncTalkError(f"could not decode audio of {path}: {proc.stderr.decode(errors='replace')[-300:]}")
     audio = np.frombuffer(proc.stdout, dtype=np.float32).copy()

@@ -198,8 +198,13 @@ def _extract_frames(opts: PreprocessOptions, layout: DatasetLayout, source: Path
     return count
 
 
+def _audio_kept(prev: dict, layout: DatasetLayout) -> bool:
+    """Whether the aud.wav there is kept (not extracted again), and with it the features made from it."""
+    return bool(prev.get("audio_done")) and layout.audio_wav.exists()
+
+
 def _extract_audio(opts: PreprocessOptions, layout: DatasetLayout, state: TrainingState, result: PreprocessResult) -> None:
-    if state.section("preprocessing").get("audio_done") and layout.audio_wav.exists():
+    if _audio_kept(state.section("preprocessing"), layout):
         result.skipped.append("audio")
         return
     media.extract_audio_wav(layout.video, layout.audio_wav, SAMPLE_RATE)
@@ -448,7 +453,8 @@ def preprocess_video(opts: PreprocessOptions) -> PreprocessResult:
     state = TrainingState(layout.state_file)
     prev = state.section("preprocessing")
     need_faces = not opts.skip_landmarks and not (prev.get("landmarks_done") and prev.get("landmarker") == opts.landmarker)
-    made = prev.get("feature_files") or {}
+    # a new aud.wav drops every feature made from the old one, so its weights are checked too
+    made = (prev.get("feature_files") or {}) if _audio_kept(prev, layout) else {}
     need_features = not opts.skip_audio and opts.asr_model not in made
     _check_weights(opts, need_faces, need_features)
     info = _probe_source(opts)

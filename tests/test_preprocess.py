@@ -102,6 +102,23 @@ def test_audio_made_again_makes_its_features_and_lip_check_again(clip2):
     assert np.load(layout.features("mel")).shape[0] == sec["frame_count"]
 
 
+def test_a_new_audio_track_checks_the_weights_of_its_features_before_writing_it(clip2):
+    """With aud.wav gone, features of a model whose weights are missing are made again, so the
+    missing-weights error comes before aud.wav is written, as on a first run."""
+    tmp, first = clip2
+    layout = first.layout
+    state = TrainingState(layout.state_file)
+    kept = dict(state.section("preprocessing")["feature_files"])
+    state.update("preprocessing", feature_files={**kept, "ave": "aud_ave.npy"})
+    layout.audio_wav.unlink()
+    with pytest.raises(SyncTalkError, match="not found"):
+        preprocess_video(_opts(tmp, VIDEOS / "clip2.mp4", "clip2", asr_model="ave", models_dir=tmp / "no_models"))
+    assert not layout.audio_wav.exists()
+    state.update("preprocessing", feature_files=kept)
+    preprocess_video(_opts(tmp, VIDEOS / "clip2.mp4", "clip2"))
+    assert layout.audio_wav.exists()
+
+
 def test_status_table(clip2, capsys):
     from synctalk.cli import main
 

@@ -52,6 +52,7 @@ SPEECH_MARGIN_FRAMES = 4  # frames around the speech that still count (the lips 
 MIN_OFFSET_FRAMES = 50  # fewer speech frames than this give no offset
 SEGMENT_FRAMES = 750  # the offset is also measured per 30 s: recordings drift (grid_s1_5min: +1 → +5 frames)
 MIN_SEGMENT_CORR = 0.1  # segments whose peak is weaker say nothing about the drift
+SEGMENT_JUMP_FRAMES = 1.5  # a segment this far from each neighbour is a misreading, not a drift
 MIN_FRAMES = 100  # 4 s at 25 fps: on shorter clips a few syllables decide both numbers, so no verdict
 DRIFT_WINDOW_FRAMES = 500  # 20 s: long enough for a stable peak, short enough to follow a drift
 DRIFT_STEP_FRAMES = 125
@@ -223,9 +224,20 @@ def offset_segments(apertures: np.ndarray, loudness: np.ndarray, speech: np.ndar
 
 
 def offset_spread(segments: list[dict[str, Any]]) -> float | None:
-    """Largest minus smallest segment offset among the segments with a clear peak (None with fewer than 2)."""
+    """Largest minus smallest segment offset among the segments with a clear peak (None with fewer than 2).
+
+    A segment more than SEGMENT_JUMP_FRAMES from each of its neighbours is left out: a drift moves
+    the offset a little from one 30 s stretch to the next, a stretch whose sentences fooled the
+    correlation jumps alone (grid_s1_5min's first 30 s read +6.8 between neighbours at 0 and +0.1).
+    """
     clear = [s["subframe"] for s in segments if s["corr"] >= MIN_SEGMENT_CORR]
-    return round(max(clear) - min(clear), 3) if len(clear) >= 2 else None
+    if len(clear) < 2:
+        return None
+    kept = [x for i, x in enumerate(clear)
+            if any(abs(x - clear[j]) <= SEGMENT_JUMP_FRAMES for j in (i - 1, i + 1) if 0 <= j < len(clear))]
+    if len(kept) < 2:
+        kept = clear
+    return round(max(kept) - min(kept), 3)
 
 
 def check_signals(apertures: np.ndarray, audio: np.ndarray, fps: float,

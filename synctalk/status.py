@@ -27,6 +27,8 @@ def _lip_detail(check: dict | None) -> str:
 
 def _av_offset_mark(pre: dict) -> tuple[str, str]:
     """(state, detail) of the video's own A/V offset (+N: the lips move N frames after the sound)."""
+    from .lipcheck import offset_spread, per_frame_offsets
+
     if "av_offset" not in pre:
         return "[dim]–[/]", ""
     off = pre.get("av_offset")
@@ -35,11 +37,10 @@ def _av_offset_mark(pre: dict) -> tuple[str, str]:
     n = int(off["frames"])
     when = ("in sync" if n == 0 else f"lips {n} frames after the sound" if n > 0
             else f"lips {-n} frames before the sound")
-    spread = off.get("spread")
+    # read from the segments when stored, so a dataset measured before a change of rule shows today's
+    spread = offset_spread(off["segments"]) if off.get("segments") else off.get("spread")
     drift = f"; drifts by {spread:.1f} frames along the video" if spread is not None and spread >= 2 else ""
     if off.get("drift_per_minute") is not None and pre.get("frame_count"):
-        from .lipcheck import per_frame_offsets
-
         per = per_frame_offsets(off, int(pre["frame_count"]))
         drift = (f"; drifts {off['drift_per_minute']:+.2f} frames a minute, {int(per[0]):+d} at the start and "
                  f"{int(per[-1]):+d} at the end (training follows it)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import numpy as np
+import pytest
 
 from conftest import MODELS, VIDEOS
 from synctalk import lipcheck, media
@@ -117,6 +118,10 @@ def test_a_drifting_offset_shows_in_the_segments() -> None:
     assert len(segs) == 3 and segs[0]["start"] == 0 and segs[-1]["end"] == n
     assert segs[0]["subframe"] < 2.5 and segs[-1]["subframe"] > 3.5
     assert lipcheck.offset_spread(segs) >= 2
+    # one stretch misread far from both neighbours is no drift (grid_s1_5min's first 30 s: +6.8)
+    misread = [{"subframe": x, "corr": 0.2} for x in (6.8, 0.08, -0.0, -0.43, -0.52, -0.27, 0.4, 0.28, -0.27, 0.41)]
+    assert lipcheck.offset_spread(misread) == pytest.approx(0.93)
+    assert lipcheck.offset_spread([{"subframe": x, "corr": 0.2} for x in (0.0, 3.0)]) == 3.0  # two: no neighbours to judge by
     assert lipcheck.offset_segments(lips[:1000], loud[:1000]) == []  # under a minute: one number only
     mark, detail = _av_offset_mark({"av_offset": {"frames": 3, "source": "lips", "corr": 0.5, "spread": 2.6}})
     assert "+3" in mark and "drifts by 2.6 frames" in detail

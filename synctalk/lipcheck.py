@@ -27,8 +27,9 @@ lags its audio; the opening at frame t follows the loudness at t - N). Preproces
 a recording whose clocks drift has no single offset.
 
 The offset of a long recording need not be one number: a video joined from clips whose audio and
-video tracks differ by a few milliseconds each drifts (grid_s1_5min.mp4: from 1 frame at the start to
-5 at the end, about 0.9 frames a minute). `estimate_av_drift` measures the offset in overlapping
+video tracks differ by a few milliseconds each drifts, unless its audio is read on its timestamps
+(`media.ON_TIMESTAMPS`: grid_s1_5min.mp4 decoded sample after sample seemed to drift from 1 frame to
+5; on its timestamps it is in sync throughout). `estimate_av_drift` measures the offset in overlapping
 20 s windows and fits a line through them; when the line moves by at least a frame over the clip,
 the stored offset also holds `start_frames` (the fitted offset at frame 0) and `drift_per_minute`, and
 `per_frame_offsets` turns it into one whole offset per frame for training. A constant offset is
@@ -45,12 +46,12 @@ import numpy as np
 from .constants import SAMPLE_RATE
 from .layout import DatasetLayout
 
-MAX_LAG = 8  # frames either way: real recordings carry offsets of a few frames (GRID: about 3)
+MAX_LAG = 8  # frames either way: real recordings can carry offsets of a few frames
 MAX_OFFSET = 8  # the A/V offset search, frames either way
 DETREND_FRAMES = 25  # drift slower than a second is not lip motion
 SPEECH_MARGIN_FRAMES = 4  # frames around the speech that still count (the lips open before the sound)
 MIN_OFFSET_FRAMES = 50  # fewer speech frames than this give no offset
-SEGMENT_FRAMES = 750  # the offset is also measured per 30 s: recordings drift (grid_s1_5min: +1 → +5 frames)
+SEGMENT_FRAMES = 750  # the offset is also measured per 30 s: a recording whose clocks differ drifts
 MIN_SEGMENT_CORR = 0.1  # segments whose peak is weaker say nothing about the drift
 SEGMENT_JUMP_FRAMES = 1.5  # a segment this far from each neighbour is a misreading, not a drift
 MIN_FRAMES = 100  # 4 s at 25 fps: on shorter clips a few syllables decide both numbers, so no verdict
@@ -208,7 +209,7 @@ def offset_segments(apertures: np.ndarray, loudness: np.ndarray, speech: np.ndar
     """estimate_av_offset per stretch of about `frames` ({"start", "end", "subframe", "corr"}; none under 2 stretches).
 
     A recording whose sound and picture clocks differ drifts: its offset grows along the video, and
-    one number cannot describe it (the last 30 s of grid_s1_5min sit 4 frames later than its start).
+    one number cannot describe it.
     """
     n = min(len(apertures), len(loudness))
     if n < 2 * frames:

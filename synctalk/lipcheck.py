@@ -53,7 +53,7 @@ SPEECH_MARGIN_FRAMES = 4  # frames around the speech that still count (the lips 
 MIN_OFFSET_FRAMES = 50  # fewer speech frames than this give no offset
 SEGMENT_FRAMES = 750  # the offset is also measured per 30 s: a recording whose clocks differ drifts
 MIN_SEGMENT_CORR = 0.1  # segments whose peak is weaker say nothing about the drift
-SEGMENT_JUMP_FRAMES = 1.5  # a segment this far from each neighbour is a misreading, not a drift
+MISREAD_FRAMES = 1.5  # an offset reading this far from its neighbours, or from the fitted drift line, is a misreading
 MIN_FRAMES = 100  # 4 s at 25 fps: on shorter clips a few syllables decide both numbers, so no verdict
 DRIFT_WINDOW_FRAMES = 500  # 20 s: long enough for a stable peak, short enough to follow a drift
 DRIFT_STEP_FRAMES = 125
@@ -150,9 +150,9 @@ def estimate_av_drift(apertures: np.ndarray, loudness: np.ndarray, speech: np.nd
         return None
     t, y, w = np.asarray(centres), np.asarray(lags), np.asarray(weights)
     slope, start = np.polyfit(t, y, 1, w=w)
-    # one refit without the windows more than 1.5 frames off the first line (a sentence whose
+    # one refit without the windows more than MISREAD_FRAMES off the first line (a sentence whose
     # rhythm fooled the correlation), when enough remain
-    keep = np.abs(y - (start + slope * t)) <= 1.5
+    keep = np.abs(y - (start + slope * t)) <= MISREAD_FRAMES
     if keep.sum() >= 3 and not keep.all():
         slope, start = np.polyfit(t[keep], y[keep], 1, w=w[keep])
     if abs(slope) * n < MIN_DRIFT_FRAMES:
@@ -227,7 +227,7 @@ def offset_segments(apertures: np.ndarray, loudness: np.ndarray, speech: np.ndar
 def offset_spread(segments: list[dict[str, Any]]) -> float | None:
     """Largest minus smallest segment offset among the segments with a clear peak (None with fewer than 2).
 
-    A segment more than SEGMENT_JUMP_FRAMES from each of its neighbours is left out: a drift moves
+    A segment more than MISREAD_FRAMES from each of its neighbours is left out: a drift moves
     the offset a little from one 30 s stretch to the next, a stretch whose sentences fooled the
     correlation jumps alone (grid_s1_5min's first 30 s read +6.8 between neighbours at 0 and +0.1).
     """
@@ -235,7 +235,7 @@ def offset_spread(segments: list[dict[str, Any]]) -> float | None:
     if len(clear) < 2:
         return None
     kept = [x for i, x in enumerate(clear)
-            if any(abs(x - clear[j]) <= SEGMENT_JUMP_FRAMES for j in (i - 1, i + 1) if 0 <= j < len(clear))]
+            if any(abs(x - clear[j]) <= MISREAD_FRAMES for j in (i - 1, i + 1) if 0 <= j < len(clear))]
     if len(kept) < 2:
         kept = clear
     return round(max(kept) - min(kept), 3)

@@ -89,8 +89,8 @@ def test_the_generator_term_reaches_the_image_not_the_critic_and_runs_under_bf16
                     channels_last=True)
     pred = torch.rand(2, 3, 320, 320, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        g = adv.generator_loss(pred)
-    assert g.dtype == torch.float32
+        g, terms = adv.generator_loss(pred)
+    assert g.dtype == torch.float32 and terms.shape == (1,) and not terms.requires_grad
     g.backward()
     assert pred.grad is not None and pred.grad.abs().sum() > 0
     assert all(p.grad is None for p in adv.model.parameters())
@@ -192,6 +192,45 @@ def test_only_adversarial_epochs_compete_for_best_once_the_stage_has_begun() -> 
 
 
 # ---------------------------------------------------------------- two gloo ranks
+
+def test_feature_matching_pulls_the_critics_view_of_the_prediction_to_that_of_its_real_frame(source) -> None:
+    """With --feature_matching_weight the UNet's term gains the distance of the critic's hidden
+    activations: zero for a prediction equal to its real frame, and descending it moves a blurred
+    prediction towards the real one (the critic stays frozen on that side)."""
+    import torch.nn.functional as F
+
+    real = real_crops(source, 4)
+    torch.manual_seed(0)
+    adv = Adversary(MouthDiscriminator("tiny"), weight=0.0, start_epoch=1, lr=1e-3, device=CPU, amp="none",
+                    fm_weight=1.0)
+    assert adv.terms == ("adv_g", "adv_d", "adv_fm")
+    _, terms = adv.generator_loss(real.clone(), real)
+    assert terms.shape == (2,) and float(terms[1]) == 0.0
+    pred = F.avg_pool2d(real, 9, stride=1, padding=4, count_include_pad=False).requires_grad_(True)
+    start = (pred.detach() - real).abs().mean()
+    opt = torch.optim.Adam([pred], lr=3e-3)
+    fms = []
+    for _ in range(30):
+        total, terms = adv.generator_loss(pred, real)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        fms.append(float(terms[1]))
+    assert all(p.grad is None for p in adv.model.parameters())
+    assert fms[-1] < 0.5 * fms[0], fms
+    assert (pred.detach() - real).abs().mean() < start  # closer to the real frame in pixels too
+    with pytest.raises(ValueError, match="real frames"):
+        adv.generator_loss(pred)
+
+
+def test_feature_matching_alone_builds_a_critic_and_its_term_reaches_the_epoch_lines(source, work, capsys) -> None:
+    copy_dataset(source, work / "dataset", "fma")
+    assert train_unet(work, "fma", "--epochs", "1", "--adversarial_weight", "0", "--feature_matching_weight", "0.5",
+                      "--adversarial_start_epoch", "1") == 0
+    out = capsys.readouterr().out
+    assert "adversarial ×0, feature matching ×0.5 from epoch 1" in out and "adv_fm" in out, out
+    ckpt = load(checkpoint_layout(work / "checkpoint", "fma").unet_dir / "checkpoint_latest.pth")
+    assert STATE_KEY in ckpt and ckpt["config"]["feature_matching_weight"] == 0.5
 
 
 def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:

@@ -82,6 +82,17 @@ class MouthDiscriminator(nn.Module):
         centred to [-1, 1] first (the crops are [0, 1])."""
         return self.net(self.crop(images) * 2.0 - 1.0)
 
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(the four hidden activations, the patch logits) of `forward`: what a feature-matching loss
+        compares between a generated crop and its real one."""
+        x = self.crop(images) * 2.0 - 1.0
+        hidden = []
+        for layer in self.net:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                hidden.append(x)
+        return hidden, x
+
 
 def build_discriminator(width: "str | Sequence[int]" = "full", box: Sequence[int] = MOUTH_BOX) -> MouthDiscriminator:
     """The mouth critic of a UNet of this width."""

@@ -6,6 +6,9 @@ that. `Adversary` owns the critic (unet_328.discriminator.MouthDiscriminator), i
 and gradient scaler; per UNet step (synctalk.training.unet.unet_step):
 
     G: total += weight · hinge_g(D(pred))        D frozen, gradients reach the UNet only
+       (+ fm_weight · mean_l |D_l(pred) − D_l(target)|: feature matching, the critic's hidden
+       activations of the prediction pulled to those of its real frame, a perceptual loss learnt
+       from the person's own mouth; off unless --feature_matching_weight is given)
     D: hinge_d(D(target), D(pred.detach()))      one forward of real and generated together
 
 Both start at `start_epoch` (the epochs before it train with L1 alone, so the critic meets faces
@@ -32,8 +35,10 @@ class Adversary:
     """The critic, its optimizer and scaler, and when and how much its verdict weighs in the UNet's loss."""
 
     def __init__(self, critic: torch.nn.Module, *, weight: float, start_epoch: int, lr: float,
-                 device: torch.device, amp: str, channels_last: bool = False, dist: Distributed = Distributed()):
+                 device: torch.device, amp: str, channels_last: bool = False, dist: Distributed = Distributed(),
+                 fm_weight: float = 0.0):
         self.weight, self.start_epoch, self.lr = float(weight), int(start_epoch), float(lr)
+        self.fm_weight = float(fm_weight)
         self.device, self.amp = device, amp
         self.model = prepare_module(critic, device, channels_last)  # plain module: checkpoints, the G side
         params = list(self.model.parameters())
@@ -45,12 +50,29 @@ class Adversary:
         """Whether the adversarial terms take part in this epoch."""
         return epoch >= self.start_epoch
 
-    def generator_loss(self, pred: torch.Tensor) -> torch.Tensor:
-        """The UNet's hinge term for its predictions (call inside the step's autocast); the critic's
-        weights stay out of the graph, so the backward reaches the UNet only."""
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The loss terms it adds to the epoch lines: its verdict on the UNet, its own hinge loss, and
+        the feature-matching distance when that takes part."""
+        return ("adv_g", "adv_d") + (("adv_fm",) if self.fm_weight else ())
+
+    def generator_loss(self, pred: torch.Tensor, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the UNet's weighted share of the loss, its detached terms: hinge [, feature matching]) for its
+        predictions (call inside the step's autocast). The critic's weights stay out of the graph, so
+        the backward reaches the UNet only; `target` (the real frames) is needed for feature matching."""
         self.model.requires_grad_(False)
         try:
-            return hinge_g_loss(self.model(pred))
+            if not self.fm_weight:
+                adv_g = hinge_g_loss(self.model(pred))
+                return self.weight * adv_g, adv_g.detach().reshape(1)
+            if target is None:
+                raise ValueError("feature matching needs the real frames")
+            n = len(pred)
+            both = torch.cat([self.model.crop(pred), self.model.crop(target).to(pred.dtype)])
+            hidden, logits = self.model.features(both)
+            adv_g = hinge_g_loss(logits[:n])
+            fm = torch.stack([(h[:n].float() - h[n:].detach().float()).abs().mean() for h in hidden]).mean()
+            return self.weight * adv_g + self.fm_weight * fm, torch.stack([adv_g, fm]).detach()
         finally:
             self.model.requires_grad_(True)
 
@@ -100,12 +122,13 @@ def default_start_epoch(epochs: int) -> int:
 
 def build_adversary(*, weight: float, start_epoch: int, lr: float, width: "str | Sequence[int]",
                     box: Sequence[int] | None, device: torch.device, amp: str, channels_last: bool,
-                    dist: Distributed, resume: dict[str, Any] | None = None, seed: int = 0) -> Adversary | None:
-    """The run's adversary, or None when `weight` is 0 (nothing built: the L1 run as before).
+                    dist: Distributed, resume: dict[str, Any] | None = None, seed: int = 0,
+                    fm_weight: float = 0.0) -> Adversary | None:
+    """The run's adversary, or None when `weight` and `fm_weight` are 0 (nothing built: the L1 run as before).
 
     The critic's initial weights come from their own seeded generator, so that switching the stage
     on does not change the UNet's initialisation or the order of its batches."""
-    if not weight:
+    if not weight and not fm_weight:
         return None
     from unet_328.discriminator import MOUTH_BOX, build_discriminator
 
@@ -114,7 +137,7 @@ def build_adversary(*, weight: float, start_epoch: int, lr: float, width: "str |
         torch.manual_seed(seed + 7919)
         critic = build_discriminator(width, tuple(box) if box else MOUTH_BOX)
     adversary = Adversary(critic, weight=weight, start_epoch=start_epoch, lr=lr, device=device, amp=amp,
-                          channels_last=channels_last, dist=dist)
+                          channels_last=channels_last, dist=dist, fm_weight=fm_weight)
     if resume is not None:
         adversary.load_state_dict(resume.get(STATE_KEY), log=dist.log)
     return adversary

@@ -179,6 +179,9 @@ class UNetConfig(RunConfig):
     # -- the adversarial stage (synctalk.training.adversarial): on by default, 0 turns it off
     adversarial_weight: float = opt(0.02, "weight of the mouth critic's hinge loss in the UNet's loss (0: off, no "
                                           "critic built: L1 alone)")
+    feature_matching_weight: float = opt(0.0, "weight of feature matching: the L1 distance between the mouth "
+                                              "critic's hidden activations of the prediction and of the real "
+                                              "frame (a perceptual loss learnt from the person's mouth; 0: off)")
     adversarial_start_epoch: int | None = opt(None, "first epoch with the critic (the epochs before it train on L1 "
                                                     "alone; default: after a fifth of --epochs, epoch 6 of 26)",
                                               type=int)

@@ -392,7 +392,7 @@ def time_steps(task: Task, steps: int, generator: torch.Generator | None = None)
 EPOCH_KEYS = ("train_loss", "train_acc", "l1", "perceptual", "sync", "val_loss", "val_acc", "offset_acc",
               "offset_acc_1", "val_acc_speech", "offset_acc_speech", "offset_acc_1_speech", "offset_acc_1_speech_run5",
               "clip_offset",
-              "adv_g", "adv_d", "val_l1", "val_psnr")
+              "adv_g", "adv_d", "adv_fm", "val_l1", "val_psnr")
 
 
 def print_epoch(what: str, epoch: int, epochs: int, m: dict[str, float], best: bool) -> None:

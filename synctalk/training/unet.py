@@ -4,7 +4,8 @@ A sample is the inner 320 crop of frame i (target), the same crop with the mouth
 out, the crop of a random other training frame (reference: what the person looks like), and the
 audio window of frame i. Loss = w_l1·L1 + w_p·perceptual (VGG19) + w_s·sync (the person's frozen
 SyncNet judging the prediction against the audio) + w_a·adversarial (a patch critic of the mouth,
-synctalk.training.adversarial; 0.02 from a fifth of the epochs on, --adversarial_weight 0 turns it off).
+synctalk.training.adversarial; 0.02 from a fifth of the epochs on, --adversarial_weight 0 turns it off;
+--feature_matching_weight adds the distance of its hidden activations, generated vs real).
 Each epoch ends with held-out L1 and PSNR;
 checkpoint_best.pth is the epoch with the lowest held-out L1. `UNetTask` is what the training loop
 (synctalk.training.loop) runs; `synctalk train-unet` starts it.
@@ -40,7 +41,6 @@ from .syncnet import load_syncnet
 SECTION = MAIN
 BASE_BATCH = 8  # the batch size the default learning rate is meant for
 LOSS_TERMS = ("loss", "l1", "perceptual", "sync")
-ADVERSARIAL_TERMS = ("adv_g", "adv_d")  # the critic's verdict on the UNet, the critic's own loss
 # the quality gate of --syncnet auto: held-out offset accuracy within ±1 frame at speech (chance 3/31);
 # a SyncNet trained before that figure existed: exact offset accuracy over all frames (chance 1/31)
 MIN_SYNCNET_SPEECH_ACC_1 = 0.5
@@ -86,14 +86,14 @@ def unet_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: 
               adversary: Adversary | None = None) -> torch.Tensor:
     """One optimisation step; returns the detached loss terms (a device tensor, no host sync).
     `graphs`: the networks were compiled with CUDA graphs (maybe_compile). `adversary`: add its
-    term to the loss, then update the critic on this batch (the terms gain adv_g, adv_d)."""
+    terms to the loss, then update the critic on this batch (the terms gain adversary.terms)."""
     begin_step(graphs)
     with autocast(device, amp):
         pred = model(batch.img6, batch.audio)
         total, parts = losses(pred, batch.target, batch.audio)
         if adversary is not None:
-            adv_g = adversary.generator_loss(pred)
-            total = total + adversary.weight * adv_g
+            adv_total, adv_g = adversary.generator_loss(pred, batch.target)
+            total = total + adv_total
             # the critic's copy of the prediction, taken before the backward: with CUDA graphs the
             # graph's output memory belongs to the graph pool
             fake = adversary.model.crop(pred.detach()).clone()
@@ -103,8 +103,8 @@ def unet_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: 
     scaler.update()
     if adversary is not None:  # the critic learns from the prediction the UNet made before its update
         adv_d = adversary.step(batch.target, fake)
-        parts = torch.cat([total.detach().float().reshape(1), parts[1:], adv_g.detach().reshape(1),
-                           adv_d.float().reshape(1)])
+        parts = torch.cat([total.detach().float().reshape(1), parts[1:], adv_g[:1].float(),
+                           adv_d.float().reshape(1), adv_g[1:].float()])
     return parts
 
 
@@ -298,7 +298,7 @@ class UNetTask(Task):
         self.adversary = adversary  # None: no critic (--adversarial_weight 0)
         self.epoch: int | None = None  # set by epoch_batches; None (benchmarks): the critic takes part
         if adversary is not None:
-            self.terms = type(self).terms + ADVERSARIAL_TERMS
+            self.terms = type(self).terms + adversary.terms
         sp, dev = self.speed, self.device
         # the frozen loss networks run the step's way too: same layout, compiled into the same graphs
         if perceptual is not None:
@@ -339,7 +339,8 @@ class UNetTask(Task):
             start_epoch=cfg.adversarial_start_epoch or default_start_epoch(cfg.epochs),
             width=AUTO_WIDTH.get(cfg.width or "full", "mobile") if cfg.disc_width == "auto" else cfg.disc_width,
             box=parse_disc_box(cfg.disc_box), device=device, amp=speed.amp,
-            channels_last=speed.channels_last, dist=dist, resume=resume, seed=cfg.seed)
+            channels_last=speed.channels_last, dist=dist, resume=resume, seed=cfg.seed,
+            fm_weight=cfg.feature_matching_weight)
         task = cls(unet, data, train_idx, val_idx, perceptual=perceptual, syncnet=syncnet,
                    l1_weight=cfg.l1_weight, perceptual_weight=cfg.perceptual_weight, sync_weight=cfg.sync_weight,
                    mask=mask, see_res=cfg.see_res, adversary=adversary, device=device, speed=speed, dist=dist,
@@ -373,12 +374,12 @@ class UNetTask(Task):
             yield self.data.unet_batch(idx, ref, self.mask), len(idx)
 
     def step(self, batch: Batch) -> torch.Tensor:
-        """One optimisation step: [total, l1, perceptual, sync] (+ [adv_g, adv_d]) of the batch."""
+        """One optimisation step: [total, l1, perceptual, sync] (+ the adversary's terms) of the batch."""
         adv = self.adversary
         if adv is not None and self.epoch is not None and not adv.active(self.epoch):
             parts = unet_step(self.step_model, self.optimizer, self.scaler, batch, self.losses, self.device,
                               self.amp, self.graphs)
-            return torch.cat([parts, parts.new_zeros(len(ADVERSARIAL_TERMS))])  # the L1 warm-up
+            return torch.cat([parts, parts.new_zeros(len(adv.terms))])  # the L1 warm-up
         return unet_step(self.step_model, self.optimizer, self.scaler, batch, self.losses, self.device, self.amp,
                          self.graphs, adversary=adv)
 
@@ -386,7 +387,7 @@ class UNetTask(Task):
         """L1 always; perceptual, sync and the adversarial terms when they take part."""
         adv = self.adversary is not None and (self.epoch is None or self.adversary.active(self.epoch))
         return ("train_loss", "l1") + (("perceptual",) if self.losses.perceptual is not None else ()) \
-            + (("sync",) if self.losses.syncnet is not None else ()) + (ADVERSARIAL_TERMS if adv else ())
+            + (("sync",) if self.losses.syncnet is not None else ()) + (self.adversary.terms if adv else ())
 
     def extra_state(self) -> dict[str, Any]:
         """The critic's weights, optimizer and scaler (checkpoint_latest.pth only), when there is one."""
@@ -435,15 +436,18 @@ class UNetTask(Task):
         adv = self.adversary
         if adv is None:
             return {"adversarial_weight": 0.0}
-        return {"adversarial_weight": adv.weight, "adversarial_start_epoch": adv.start_epoch, "disc_lr": adv.lr,
+        return {"adversarial_weight": adv.weight, "feature_matching_weight": adv.fm_weight,
+                "adversarial_start_epoch": adv.start_epoch, "disc_lr": adv.lr,
                 "disc_box": list(adv.model.box), "disc_widths": list(adv.model.widths)}
 
     def describe(self) -> str:
         """The loss terms."""
         terms = ["L1"] + (["perceptual"] if self.losses.perceptual is not None else []) \
             + (["sync"] if self.losses.syncnet is not None else [])
-        if self.adversary is not None:
-            terms.append(f"adversarial ×{self.adversary.weight:g} from epoch {self.adversary.start_epoch}")
+        adv = self.adversary
+        if adv is not None:
+            fm = f", feature matching ×{adv.fm_weight:g}" if adv.fm_weight else ""
+            terms.append(f"adversarial ×{adv.weight:g}{fm} from epoch {adv.start_epoch}")
         return f"losses {' + '.join(terms)}, "
 
     def state_fields(self, run_dir: Path, best_metrics: dict[str, Any]) -> dict[str, Any]:

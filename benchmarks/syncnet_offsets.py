@@ -5,7 +5,9 @@ A/V-offset correction — scores best. This says why a critic misses: if its cho
 off 0 (in the whole tail or in a part of it), the tail's correction disagrees with that of the frames the
 critic learnt from (a drift the fitted line did not follow); if they spread around 0, the critic itself
 cannot tell the offsets apart. (An offset wrong by the same amount everywhere cannot show here: the critic
-learns it too.)
+learns it too.) Last, the held-out balanced pairs (`val_acc`: own audio against audio at least 5 frames
+away): the accuracy at the logit's sign, at the best threshold, and the area under the ROC curve, which
+say whether a low binary accuracy is a matter of calibration (the threshold) or of separation.
 
     python benchmarks/syncnet_offsets.py --checkpoint checkpoint/May/syncnet/checkpoint_best.pth --name May
 """
@@ -38,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     from synctalk.device import resolve_device
     from synctalk.layout import dataset_layout
     from synctalk.training.loop import resolve_av_offset
-    from synctalk.training.syncnet import (MAX_OFFSET, load_syncnet, offset_scores, run_offset_accuracy,
-                                           speech_frames)
+    from synctalk.training.syncnet import (MAX_OFFSET, held_out_pairs, load_syncnet, offset_scores,
+                                           run_offset_accuracy, speech_frames)
 
     device = resolve_device(args.device)
     layout = dataset_layout(args.dataset_dir, args.name)
@@ -78,8 +80,37 @@ def main(argv: list[str] | None = None) -> int:
         if runs:
             parts.append(f"{w} frames: ±1 {acc:.3f} ({runs} runs)")
     print("runs of frames, mostly at speech, scores summed: " + "; ".join(parts))
+    model.eval()
+    logits, labels = (t.cpu().numpy() for t in held_out_pairs(model, data, val, device=device))
+    pairs = np.concatenate([at, at])
+    acc0, best, threshold, auc = pair_separation(logits[pairs], labels[pairs])
+    print(f"balanced pairs {where} ({int(pairs.sum())}): accuracy {acc0:.3f} at logit 0, {best:.3f} at the best "
+          f"threshold ({threshold:+.2f}); ROC AUC {auc:.3f}")
     return 0
 
+
+def pair_separation(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float, float, float]:
+    """(accuracy at logit 0, best accuracy over thresholds, that threshold, ROC AUC) of scored pairs;
+    n log n, so a long tail reads as fast as a short one."""
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels) > 0.5
+    n, n_pos = len(logits), int(labels.sum())
+    n_neg = n - n_pos
+    acc0 = float(np.mean((logits > 0) == labels))
+    values, inverse = np.unique(logits, return_inverse=True)
+    pos_at = np.bincount(inverse, weights=labels, minlength=len(values))
+    neg_at = np.bincount(inverse, weights=~labels, minlength=len(values))
+    # "positive above the cut": a cut below everything, then one at each distinct value
+    neg_below = np.concatenate([[0.0], np.cumsum(neg_at)])
+    pos_above = n_pos - np.concatenate([[0.0], np.cumsum(pos_at)])
+    accs = (neg_below + pos_above) / max(n, 1)
+    k = int(np.argmax(accs))
+    threshold = float(values[k - 1]) if k > 0 else float("-inf")
+    if not n_pos or not n_neg:
+        return acc0, float(accs[k]), threshold, float("nan")
+    # AUC: the chance that a positive outscores a negative, ties counting half (Mann-Whitney)
+    neg_lower = np.cumsum(neg_at) - neg_at
+    auc = float(np.sum(pos_at * (neg_lower + 0.5 * neg_at)) / (n_pos * n_neg))
+    return acc0, float(accs[k]), threshold, auc
 
 def by_mouth(layout, frames: int, val, chosen) -> None:
     """The same read in thirds of the frames by the mouth's opening and by how much it moves (landmarks)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from synctalk.training.syncnet import contrast_step
@@ -37,3 +39,25 @@ def test_contrast_step_learns_to_pick_the_own_window_on_a_toy() -> None:
     sim = torch.einsum("rid,rjd->rij", f.reshape(runs, chunk, -1), a.reshape(runs, chunk, -1))
     hits = (sim.argmax(dim=2) == torch.arange(chunk)).float().mean()
     assert float(loss) < first and float(hits) > 0.4
+
+
+def test_pair_separation_reads_accuracy_threshold_and_auc_as_counting_would() -> None:
+    """benchmarks/syncnet_offsets.py's binary reading, against the brute-force count on tied scores."""
+    import sys
+
+    from conftest import REPO
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from benchmarks.syncnet_offsets import pair_separation
+
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(1, 1, 300), rng.normal(0, 1, 400)].round(1)  # rounded: many ties
+    y = np.r_[np.ones(300), np.zeros(400)]
+    acc0, best, threshold, auc = pair_separation(x, y)
+    pos, neg = x[y > 0], x[y == 0]
+    assert acc0 == pytest.approx(np.mean((x > 0) == (y > 0)))
+    assert best == pytest.approx(max(np.mean((x > c) == (y > 0)) for c in np.r_[-np.inf, np.unique(x)]))
+    assert np.mean((x > threshold) == (y > 0)) == pytest.approx(best)
+    assert auc == pytest.approx(np.mean((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])))
+    assert pair_separation(np.r_[2.0, 3.0], np.r_[0, 1])[3] == 1.0  # perfectly separated

@@ -99,8 +99,13 @@ def test_syncnet_writes_checkpoints_and_state_then_skips(source, work, capsys) -
     capsys.readouterr()
     assert offsets_main(["--checkpoint", str(run_dir / "checkpoint_best.pth"), "--name", "ann",
                          "--dataset_dir", str(work / "dataset")]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("+0:"))
+    lines = capsys.readouterr().out.splitlines()
+    line = next(x for x in lines if x.strip().startswith("+0:"))
     assert float(line.split()[1]) == pytest.approx(best.get("offset_acc_1_speech", best["offset_acc_1"]), abs=5e-4)
+    # and the same balanced pairs: its accuracy at logit 0 is the checkpoint's binary accuracy
+    line = next(x for x in lines if x.startswith("balanced pairs"))
+    acc0 = float(line.split("accuracy ")[1].split()[0])
+    assert acc0 == pytest.approx(best.get("val_acc_speech", best["val_acc"]), abs=5e-4)
 
     before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
     capsys.readouterr()

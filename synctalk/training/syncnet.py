@@ -177,6 +177,28 @@ def run_offset_accuracy(scores: torch.Tensor, speech: np.ndarray, frames: int = 
     return float((best.abs() <= 1).float().mean()), int(mostly.sum())
 
 
+def held_out_pairs(model: torch.nn.Module, data: FrameData, val_idx: Any, *, device: torch.device,
+                   amp: str = "none", batch_size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The balanced held-out pairs: (logits, labels), float32 on `device`, 2·V of each: every held-out
+    face with its own audio window (label 1), then with a window at least MIN_NEGATIVE_OFFSET frames
+    away (label 0), the same draw every epoch."""
+    raw = _raw(model)
+    v = torch.as_tensor(np.asarray(val_idx), dtype=torch.long)
+    g = torch.Generator().manual_seed(seed + 7919)  # the same held-out pairs every epoch
+    neg = far_indices(v, torch.arange(len(data)), g)
+    face_idx = torch.cat([v, v])
+    audio_idx = torch.cat([v, neg])
+    out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for start in range(0, len(face_idx), batch_size):
+            sl = slice(start, start + batch_size)
+            with autocast(device, amp):
+                a, f = raw(data.face_stack(face_idx[sl].to(device), raw.face_frames), data.audio(audio_idx[sl].to(device)))
+            out.append(raw.logits(a, f).float())
+    labels = torch.cat([torch.ones(len(v)), torch.zeros(len(v))]).to(device)
+    return torch.cat(out), labels
+
+
 def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, device: torch.device, amp: str = "none",
                      batch_size: int = 64, seed: int = 0, max_offset: int = MAX_OFFSET,
                      speech: np.ndarray | None = None) -> dict[str, float]:
@@ -187,31 +209,17 @@ def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, d
     raw = _raw(model)
     was_training = raw.training
     raw.eval()
-    n = len(data)
     v = torch.as_tensor(np.asarray(val_idx), dtype=torch.long)
-    g = torch.Generator().manual_seed(seed + 7919)  # the same held-out pairs every epoch
-    neg = far_indices(v, torch.arange(n), g)
-    face_idx = torch.cat([v, v])
-    audio_idx = torch.cat([v, neg])
-    labels = torch.cat([torch.ones(len(v)), torch.zeros(len(v))])
-    loss_sum = torch.zeros((), device=device)
-    hits: list[torch.Tensor] = []
     with torch.no_grad():
-        for start in range(0, len(face_idx), batch_size):
-            sl = slice(start, start + batch_size)
-            fi, ai, y = face_idx[sl].to(device), audio_idx[sl].to(device), labels[sl].to(device)
-            with autocast(device, amp):
-                a, f = raw(data.face_stack(fi, raw.face_frames), data.audio(ai))
-            logits = raw.logits(a, f).float()
-            loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
-            hits.append(((logits > 0).float() == y).float())
+        logits, labels = held_out_pairs(raw, data, v, device=device, amp=amp, batch_size=batch_size, seed=seed)
+        loss_sum = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+        hit = ((logits > 0).float() == labels).float()
         scores, valid = offset_scores(raw, data, v, device=device, amp=amp, batch_size=batch_size,
                                       max_offset=max_offset)
         offsets = torch.arange(-max_offset, max_offset + 1)
         best = scores.argmax(dim=1)
         exact = (best == max_offset).float()
         near = ((best - max_offset).abs() <= 1).float()
-        hit = torch.cat(hits)
         # the clip as a whole: the offset whose mean score is highest, over the held-out frames that
         # have every offset (so each offset is averaged over the same frames)
         whole = valid.all(dim=1).to(device)
@@ -219,7 +227,7 @@ def evaluate_syncnet(model: torch.nn.Module, data: FrameData, val_idx: Any, *, d
         clip_offset = int(offsets[int(rows.mean(dim=0).argmax())])
     if was_training:
         raw.train()
-    out = {"val_loss": float(loss_sum) / len(face_idx), "val_acc": float(hit.mean()),
+    out = {"val_loss": float(loss_sum) / len(logits), "val_acc": float(hit.mean()),
            "offset_acc": float(exact.mean()), "offset_acc_1": float(near.mean()), "clip_offset": clip_offset}
     if speech is not None:
         at = torch.as_tensor(np.asarray(speech, bool)[v.numpy()], device=hit.device)

@@ -250,6 +250,12 @@ def test_train_flags_reach_the_syncnet_config(tmp_path) -> None:
                     "--syncnet_audio_context", "0")
     assert cfg.augment is True and cfg.hard_negatives == 0.0
     assert cfg.face_frames == 5 and cfg.audio_context == 0
+    # the SyncNet's own width (the measured five-frame mobile critic) beside the UNet's, from one command line
+    assert config_of("--width", "full", "--syncnet_width", "mobile").width == "mobile"
+    args = parser.parse_args(["--name", "p", "--dataset_dir", str(tmp_path), "--device", "cpu",
+                              "--syncnet_width", "mobile", "--syncnet_face_frames", "5"])
+    [(command, options)] = plan(vars(args))
+    assert command == "train-unet" and "width" not in options and "face_frames" not in options
 
 
 # ---------------------------------------------------------------- the held-out offset metrics

@@ -5,6 +5,7 @@
     (neither)                  → train-unet
     --use_syncnet → --syncnet on    --no_syncnet → --syncnet off    --syncnet_checkpoint PATH → --syncnet PATH
     --syncnet_pairs_per_epoch, _hard_negatives, _face_frames, _audio_context, _augment → train-syncnet's flags
+    --syncnet_width → train-syncnet --width (the SyncNet's own width; --width sets both networks')
 
 As the seed did, one command line serves both steps (training_328.sh passes the same extra flags to
 each): a flag of the other network is left out of the step it does not belong to.
@@ -22,7 +23,7 @@ from ..config import RunConfig, SyncNetConfig, UNetConfig, add_config_arguments,
 # the seed's spelling of the SyncNet's own flags
 SYNCNET_FLAGS = {"pairs_per_epoch": "--syncnet_pairs_per_epoch", "hard_negatives": "--syncnet_hard_negatives",
                  "face_frames": "--syncnet_face_frames", "audio_context": "--syncnet_audio_context",
-                 "augment": "--syncnet_augment"}
+                 "augment": "--syncnet_augment", "width": "--syncnet_width"}
 SEED_SWITCHES = ("train_syncnet", "use_syncnet", "no_syncnet")
 SEED_PATHS = ("syncnet_checkpoint_path", "syncnet_checkpoint")
 

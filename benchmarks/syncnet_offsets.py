@@ -112,6 +112,7 @@ def pair_separation(logits: np.ndarray, labels: np.ndarray) -> tuple[float, floa
     auc = float(np.sum(pos_at * (neg_lower + 0.5 * neg_at)) / (n_pos * n_neg))
     return acc0, float(accs[k]), threshold, auc
 
+
 def by_mouth(layout, frames: int, val, chosen) -> None:
     """The same read in thirds of the frames by the mouth's opening and by how much it moves (landmarks)."""
     from synctalk.errors import SyncTalkError

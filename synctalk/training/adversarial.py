@@ -56,7 +56,8 @@ class Adversary:
         the feature-matching distance when that takes part."""
         return ("adv_g", "adv_d") + (("adv_fm",) if self.fm_weight else ())
 
-    def generator_loss(self, pred: torch.Tensor, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def generator_loss(self, pred: torch.Tensor,
+                       target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(the UNet's weighted share of the loss, its detached terms: hinge [, feature matching]) for its
         predictions (call inside the step's autocast). The critic's weights stay out of the graph, so
         the backward reaches the UNet only; `target` (the real frames) is needed for feature matching."""

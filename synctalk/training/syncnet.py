@@ -192,8 +192,9 @@ def held_out_pairs(model: torch.nn.Module, data: FrameData, val_idx: Any, *, dev
     with torch.no_grad():
         for start in range(0, len(face_idx), batch_size):
             sl = slice(start, start + batch_size)
+            faces = data.face_stack(face_idx[sl].to(device), raw.face_frames)
             with autocast(device, amp):
-                a, f = raw(data.face_stack(face_idx[sl].to(device), raw.face_frames), data.audio(audio_idx[sl].to(device)))
+                a, f = raw(faces, data.audio(audio_idx[sl].to(device)))
             out.append(raw.logits(a, f).float())
     labels = torch.cat([torch.ones(len(v)), torch.zeros(len(v))]).to(device)
     return torch.cat(out), labels

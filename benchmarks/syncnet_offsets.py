@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         if runs:
             parts.append(f"{w} frames: ±1 {acc:.3f} ({runs} runs)")
     print("runs of frames, mostly at speech, scores summed: " + "; ".join(parts))
-    model.eval()
     logits, labels = (t.cpu().numpy() for t in held_out_pairs(model, data, val, device=device))
     pairs = np.concatenate([at, at])
     acc0, best, threshold, auc = pair_separation(logits[pairs], labels[pairs])

@@ -80,12 +80,16 @@ class MouthDiscriminator(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Patch logits of the mouth box of 320 crops (or of the boxes themselves, see `crop`); pixels are
         centred to [-1, 1] first (the crops are [0, 1])."""
-        return self.net(self.crop(images) * 2.0 - 1.0)
+        return self.net(self._centred(images))
+
+    def _centred(self, images: torch.Tensor) -> torch.Tensor:
+        """The mouth box, [0, 1] pixels mapped to [-1, 1]: the input of every layer stack below."""
+        return self.crop(images) * 2.0 - 1.0
 
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(the four hidden activations, the patch logits) of `forward`: what a feature-matching loss
         compares between a generated crop and its real one."""
-        x = self.crop(images) * 2.0 - 1.0
+        x = self._centred(images)
         hidden = []
         for layer in self.net:
             x = layer(x)

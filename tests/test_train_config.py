@@ -45,6 +45,22 @@ def test_a_flag_of_the_other_command_is_an_error(capsys) -> None:
         main(["train-unet", "--name", "ann", "--sync", "3"])
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["train-unet", "--sync_weight", "-0.03"], "--sync_weight must be at least 0, got -0.03"),
+    (["train-unet", "--feature_matching_weight", "nan"], "--feature_matching_weight must be a finite number"),
+    (["train-unet", "--adversarial_weight", "-1"], "--adversarial_weight must be at least 0"),
+    (["train-unet", "--lr", "0"], "--lr must be above 0, got 0"),
+    (["train-syncnet", "--val_fraction", "1.5"], "--val_fraction must be at most 0.9, got 1.5"),
+    (["train-syncnet", "--hard_negatives", "2"], "--hard_negatives must be at most 1, got 2"),
+    (["train-syncnet", "--epochs", "0"], "--epochs must be at least 1, got 0"),
+])
+def test_a_number_out_of_its_range_is_refused_before_anything_starts(tmp_path: Path, capsys, argv, says) -> None:
+    code = main([*argv, "--name", "ann", "--dataset_dir", str(tmp_path / "dataset"),
+                 "--checkpoint_dir", str(tmp_path / "checkpoint")])
+    assert code == 1 and says in capsys.readouterr().err
+    assert not (tmp_path / "checkpoint").exists()  # refused before a folder or a lock was made
+
+
 def test_the_seed_flags_map_onto_the_two_commands() -> None:
     import argparse
 

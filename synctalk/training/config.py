@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -30,15 +31,17 @@ AUTO_YES_NO = ("auto", "yes", "no")
 
 
 def opt(default: Any, help: str, *, flags: tuple[str, ...] = (), choices: tuple[str, ...] | None = None,
-        type: Any = None, frozen: bool = False, negate: str | None = None, switch: bool = False) -> Any:
+        type: Any = None, frozen: bool = False, negate: str | None = None, switch: bool = False,
+        low: float | None = None, high: float | None = None, open_low: bool = False) -> Any:
     """A config field with its command-line form.
 
     `flags`: the spellings (default --<field name>); `frozen`: a resumed run must keep it; `negate`:
     a bool field that defaults to True and is switched off by this flag; `switch`: an auto/yes/no
-    field that a bare flag sets to yes (`--channels_last` = `--channels_last yes`).
+    field that a bare flag sets to yes (`--channels_last` = `--channels_last yes`); `low`/`high`: the
+    range a number must lie in (check_ranges), `open_low`: strictly above `low`.
     """
     meta = {"help": help, "flags": flags, "choices": choices, "type": type, "frozen": frozen, "negate": negate,
-            "switch": switch}
+            "switch": switch, "low": low, "high": high, "open_low": open_low}
     return field(default=default, metadata=meta)
 
 
@@ -61,21 +64,21 @@ class RunConfig:
                                  "measured, 0 when none)", frozen=True)
     epochs: int | None = opt(None, "total epochs (a resumed run trains up to this many; default: SyncNet 50, UNet "
                                    "as many as show it about 170,000 training frames, 10 to 200: 26 for five minutes "
-                                   "of video)", flags=("--epochs", "--num_epochs"), type=int)
+                                   "of video)", flags=("--epochs", "--num_epochs"), type=int, low=1)
     batch_size: int | None = opt(None, "batch size per process (auto: 32 UNet / 128 SyncNet on a GPU, 8 / 16 on "
                                        "the CPU); with N GPUs the effective batch is N × batchsize",
                                  flags=("--batchsize", "--batch_size"), type=int)
-    lr: float = opt(1e-3, "learning rate")
+    lr: float = opt(1e-3, "learning rate", low=0, open_low=True)
     lr_scaling: str = opt("none", "scale --lr for large batches: linear → lr × B/B0, sqrt → lr × sqrt(B/B0), B the "
                                   "global batch, B0 the batch the default lr is meant for (8 UNet, 16 SyncNet)",
                           choices=("none", "linear", "sqrt"))
     lr_schedule: str = opt("constant", "learning rate over the epochs: constant, or cosine (from --lr down to "
                                        "a tenth of it at the last epoch)", choices=("constant", "cosine"))
-    val_fraction: float = opt(0.1, "held-out tail of the video")
+    val_fraction: float = opt(0.1, "held-out tail of the video", low=0, high=0.9)
     quick: bool = opt(False, "a short trial run on a CPU: tiny width, few epochs, small epochs (printed at start)")
     device: str = opt("auto", "auto, cpu, cuda, cuda:1 …")
     gpus: int = opt(1, "train on N GPUs (N processes through torchrun, data-parallel); with --device cpu, N CPU "
-                       "processes")
+                       "processes", low=1)
     sync_bn: bool = opt(False, "several GPUs: SyncBatchNorm (statistics over all GPUs) instead of rank 0's")
     amp: str = opt("auto", "mixed precision (auto: bf16 on a GPU, none on the CPU)",
                    choices=("auto", "bf16", "fp16", "none"))
@@ -87,11 +90,11 @@ class RunConfig:
     cache_on_device: str = opt("auto", "keep the uint8 crop cache on the GPU (auto: when it fits)",
                                choices=AUTO_YES_NO)
     num_workers: int = opt(4, "threads that build the crop cache")
-    log_every: int = opt(25, "steps between loss read-backs (progress bar)")
+    log_every: int = opt(25, "steps between loss read-backs (progress bar)", low=1)
     seed: int = opt(0, "random seed")
     progress: bool = opt(True, "progress bars", negate="--no_progress")
-    save_interval: int = opt(1, "write <epoch>.pth every this many epochs")
-    keep_checkpoints: int = opt(3, "how many <epoch>.pth files to keep (model only; the latest holds the optimizer)")
+    save_interval: int = opt(1, "write <epoch>.pth every this many epochs", low=1)
+    keep_checkpoints: int = opt(3, "how many <epoch>.pth files to keep (model only; the latest holds the optimizer)", low=1)
     continue_training: bool = opt(False, "continue from checkpoint_latest.pth with the run's saved options (a run "
                                          "resumes by itself too)")
     restart: bool = opt(False, "discard this run's checkpoints and start over")
@@ -121,16 +124,16 @@ class SyncNetConfig(RunConfig):
                                  "the UNet then trains without the sync loss)")
 
     # a SyncNet epoch takes 1-2 s on a GPU: an 84 MB epoch file after each would be most of the writing
-    save_interval: int = opt(10, "write <epoch>.pth every this many epochs (and after the last)")
+    save_interval: int = opt(10, "write <epoch>.pth every this many epochs (and after the last)", low=1)
     reuse: str | None = opt(None, "satisfy this person's SyncNet step with an existing SyncNet checkpoint (its "
                                   "audio features must match) instead of training one")
     pairs_per_epoch: int | None = opt(None, "pairs drawn per epoch at least (short videos repeat frames; auto: 8192 "
-                                            "on a GPU, 1024 on the CPU)", type=int)
+                                            "on a GPU, 1024 on the CPU; 0: one pass over the frames)", type=int, low=0)
     objective: str = opt("contrast", "contrast: each face picks its own audio among the 15 frames around it "
                                      "(plus BCE on far pairs); pairs: balanced in-sync/off-sync pairs, BCE only",
                          choices=("contrast", "pairs"))
-    hard_negatives: float = opt(0.5, "pairs objective: share of negatives whose audio is 2-15 frames from the face")
-    face_frames: int | None = opt(None, "consecutive face crops it sees, odd (default 1)", type=int, frozen=True)
+    hard_negatives: float = opt(0.5, "pairs objective: share of negatives whose audio is 2-15 frames from the face", low=0, high=1)
+    face_frames: int | None = opt(None, "consecutive face crops it sees, odd (default 1)", type=int, frozen=True, low=1)
     audio_context: int | None = opt(None, "log-mel only: 10 ms steps of sound around the frame it hears (0: the "
                                           "whole window)", type=int, frozen=True)
     augment: bool = opt(False, "jitter the training pairs (shift/zoom/flip/colour, a masked mel band); slows the "
@@ -169,24 +172,24 @@ class UNetConfig(RunConfig):
     perceptual: str = opt("auto", "perceptual loss: vgg19 (needs its weights), none, or auto (vgg19 when its "
                                   "weights are found)", choices=("auto", "vgg19", "none"))
     models_dir: str | None = opt(None, "where model weights (VGG19) are looked for first")
-    l1_weight: float = opt(1.0, "weight of the L1 loss")
-    perceptual_weight: float = opt(0.01, "weight of the perceptual loss")
+    l1_weight: float = opt(1.0, "weight of the L1 loss", low=0)
+    perceptual_weight: float = opt(0.01, "weight of the perceptual loss", low=0)
     sync_weight: float = opt(0.03, "weight of the sync loss (keep it small: the critic's gradient must not drown "
-                                   "L1)")
+                                   "L1)", low=0)
     mask: str | None = opt(None, "mouth mask x0,y0,x1,y1 in the 320 crop, end exclusive (default 5,5,315,310)",
                            frozen=True)
     see_res: bool = opt(False, "write a preview PNG per epoch (masked | predicted | real) to <run>/previews/")
     # -- the adversarial stage (synctalk.training.adversarial): on by default, 0 turns it off
     adversarial_weight: float = opt(0.02, "weight of the mouth critic's hinge loss in the UNet's loss (0: off, no "
-                                          "critic built: L1 alone)")
+                                          "critic built: L1 alone)", low=0)
     feature_matching_weight: float = opt(0.0, "weight of feature matching: the L1 distance between the mouth "
                                               "critic's hidden activations of the prediction and of the real "
-                                              "frame (a perceptual loss learnt from the person's mouth; 0: off)")
+                                              "frame (a perceptual loss learnt from the person's mouth; 0: off)", low=0)
     adversarial_start_epoch: int | None = opt(None, "first epoch with the critic (the epochs before it train on L1 "
                                                     "alone; default: after a fifth of --epochs, epoch 6 of 26)",
-                                              type=int)
+                                              type=int, low=1)
     disc_lr: float = opt(2e-4, "learning rate of the mouth critic (Adam, betas 0.5/0.999; not scaled by "
-                               "--lr_scaling)")
+                               "--lr_scaling)", low=0, open_low=True)
     disc_width: str = opt("auto", "width of the mouth critic (auto: mobile for a full or mobile UNet, tiny for tiny)",
                           choices=("auto", "full", "mobile", "tiny"))
     disc_box: str | None = opt(None, "the critic's mouth box x0,y0,x1,y1 in the 320 crop, end exclusive (default "
@@ -210,6 +213,25 @@ class UNetConfig(RunConfig):
         lo, hi = cls.EPOCH_RANGE
         n = min(hi, max(lo, -(-cls.EPOCH_FRAMES // int(train_frames))))
         return n, f"{int(train_frames):,} training frames × {n} = {int(train_frames) * n:,} frames shown"
+
+
+def check_ranges(cfg: Any) -> None:
+    """Every number of `cfg` inside the range its field declares (opt's low/high); one clear error names
+    the flag. An option left at None (auto) is not checked."""
+    for f in fields(cfg):
+        low, high = f.metadata.get("low"), f.metadata.get("high")
+        value = getattr(cfg, f.name)
+        if (low is None and high is None) or value is None or isinstance(value, bool):
+            continue
+        flag = flag_names(f)[0]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SyncTalkError(f"{flag} must be a finite number, got {value}")
+        if low is not None and f.metadata.get("open_low") and not value > low:
+            raise SyncTalkError(f"{flag} must be above {low:g}, got {value:g}")
+        if low is not None and not value >= low:
+            raise SyncTalkError(f"{flag} must be at least {low:g}, got {value:g}")
+        if high is not None and not value <= high:
+            raise SyncTalkError(f"{flag} must be at most {high:g}, got {value:g}")
 
 
 def resolve_person(name: str | None, dataset_dir: str | Path | None) -> tuple[Path, str]:

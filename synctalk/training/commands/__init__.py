@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from ...errors import SyncTalkError
-from ..config import CONFIG_FILE, RunConfig, argv_of, merge_config, saved_options
+from ..config import CONFIG_FILE, RunConfig, argv_of, check_ranges, merge_config, saved_options
 
 GRAPHS_ONE_GPU = "--cuda_graphs trains on one GPU: drop it for a run on several (--gpus, torchrun)"
 
@@ -74,12 +74,9 @@ def launch_torchrun(command: str, cls: type, explicit: Mapping[str, Any], nproc:
 def check_options(cfg: RunConfig) -> None:
     """The option checks that need no dataset (before any process starts)."""
     cfg.person()
-    if cfg.epochs is not None and cfg.epochs < 1:
-        raise SyncTalkError(f"--epochs must be at least 1, got {cfg.epochs}")
+    check_ranges(cfg)
     if cfg.batch_size is not None and cfg.batch_size < 2:
         raise SyncTalkError(f"--batchsize must be at least 2 (BatchNorm), got {cfg.batch_size}")
-    if cfg.gpus < 1:
-        raise SyncTalkError(f"--gpus must be at least 1, got {cfg.gpus}")
     if cfg.cuda_graphs == "yes" and cfg.gpus > 1:
         raise SyncTalkError(GRAPHS_ONE_GPU)
 

@@ -181,14 +181,23 @@ def test_only_adversarial_epochs_compete_for_best_once_the_stage_has_begun() -> 
     from synctalk.training.unet import UNetTask
 
     adv = SimpleNamespace(start_epoch=3, active=lambda e: e >= 3)
-    task = SimpleNamespace(adversary=adv, epoch=3)
+    task = SimpleNamespace(adversary=adv, epoch=3, losses=SimpleNamespace(syncnet=None), sync_start_epoch=1)
+    task.stage_start = lambda: UNetTask.stage_start(task)
     l1_best = {"epoch": 2, "val_l1": 0.05}
     assert UNetTask.better(task, {"val_l1": 0.06}, l1_best)  # the first critic epoch replaces the L1 best
     task.epoch = 4
     assert not UNetTask.better(task, {"val_l1": 0.07}, {"epoch": 3, "val_l1": 0.06})  # then lower L1 wins
     task.epoch = 2
     assert not UNetTask.better(task, {"val_l1": 0.06}, l1_best)  # the warm-up: as without a critic
-    assert not UNetTask.better(SimpleNamespace(adversary=None, epoch=5), {"val_l1": 0.06}, l1_best)
+    plain = SimpleNamespace(adversary=None, epoch=5, losses=SimpleNamespace(syncnet=None), sync_start_epoch=1)
+    plain.stage_start = lambda: UNetTask.stage_start(plain)
+    assert not UNetTask.better(plain, {"val_l1": 0.06}, l1_best)
+    # a sync loss that starts later still: the best waits for the first epoch with both critics
+    task.losses, task.sync_start_epoch, task.epoch = SimpleNamespace(syncnet=object()), 5, 4
+    assert UNetTask.stage_start(task) == 5
+    assert not UNetTask.better(task, {"val_l1": 0.07}, {"epoch": 3, "val_l1": 0.06})
+    task.epoch = 5
+    assert UNetTask.better(task, {"val_l1": 0.08}, {"epoch": 4, "val_l1": 0.06})
 
 
 # ---------------------------------------------------------------- two gloo ranks

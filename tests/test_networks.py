@@ -211,6 +211,26 @@ def test_syncnet_training_step_and_sync_loss_gradient() -> None:
     assert all(p.grad is None for p in net.parameters())
 
 
+def test_the_relative_sync_loss_asks_only_to_be_as_in_sync_as_the_real_frame() -> None:
+    torch.manual_seed(0)
+    for frames in (1, 3):
+        net = SyncNet("mel", "tiny", face_frames=frames).eval().requires_grad_(False)
+        real, audio = torch.rand(2 * frames, 3, 320, 320), _audio("mel", 2 * frames)
+        # a prediction equal to its real frames: nothing to ask, whatever the critic thinks of them
+        assert float(sync_loss(net, real.clone(), audio, real)) == 0.0
+        gen = (real + 0.3 * torch.randn_like(real)).requires_grad_(True)
+        rel = sync_loss(net, gen, audio, real)
+        # per run: max(0, BCE(generated) - BCE(real)), which the two absolute losses bound from below
+        per_run = [max(0.0, float(sync_loss(net, gen.detach()[i:i + frames], audio[i:i + frames]))
+                       - float(sync_loss(net, real[i:i + frames], audio[i:i + frames])))
+                   for i in range(0, 2 * frames, frames)]
+        assert abs(float(rel.detach()) - sum(per_run) / len(per_run)) < 1e-5
+        if float(rel.detach()) > 0:
+            rel.backward()
+            assert gen.grad is not None and gen.grad.abs().sum() > 0
+        assert all(p.grad is None for p in net.parameters())
+
+
 def _torchvision_layout_state_dict() -> dict[str, torch.Tensor]:
     """A randomly initialised state dict shaped like torchvision's vgg19 (features + classifier)."""
     sd = {k: v.clone() for k, v in VGG19Features().state_dict().items()}

@@ -49,6 +49,7 @@ def test_a_flag_of_the_other_command_is_an_error(capsys) -> None:
     (["train-unet", "--sync_weight", "-0.03"], "--sync_weight must be at least 0, got -0.03"),
     (["train-unet", "--feature_matching_weight", "nan"], "--feature_matching_weight must be a finite number"),
     (["train-unet", "--adversarial_weight", "-1"], "--adversarial_weight must be at least 0"),
+    (["train-unet", "--sync_start_epoch", "0"], "--sync_start_epoch must be at least 1, got 0"),
     (["train-unet", "--lr", "0"], "--lr must be above 0, got 0"),
     (["train-syncnet", "--val_fraction", "1.5"], "--val_fraction must be at most 0.9, got 1.5"),
     (["train-syncnet", "--hard_negatives", "2"], "--hard_negatives must be at most 1, got 2"),

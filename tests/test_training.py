@@ -400,6 +400,24 @@ def test_unet_uses_the_syncnet_when_it_is_good_or_asked_for(source, work, capsys
     assert "sync" in ckpt["metrics"]
 
 
+def test_the_sync_loss_joins_at_its_start_epoch_and_the_best_epoch_waits_for_it(source, work, capsys) -> None:
+    person(source, work, "sal")
+    assert train(work, "sal", "--train_syncnet", "--epochs", "1") == 0
+    TrainingState(dataset_layout(work / "dataset", "sal").state_file).update(
+        "syncnet_training", best_metrics={"offset_acc_1_speech": 0.6})
+    capsys.readouterr()
+    assert train(work, "sal", "--epochs", "2", "--perceptual", "none", "--sync_start_epoch", "2",
+                 "--sync_mode", "relative") == 0
+    out = capsys.readouterr().out
+    assert "sync ×0.03 (relative) from epoch 2" in out
+    unet_dir = checkpoint_layout(work / "checkpoint", "sal").unet_dir
+    first, second = (torch.load(unet_dir / f"{e}.pth", map_location="cpu", weights_only=True) for e in (1, 2))
+    assert "sync" not in first["metrics"] and "sync" in second["metrics"]
+    assert second["config"]["sync_start_epoch"] == 2 and second["config"]["sync_mode"] == "relative"
+    best = torch.load(unet_dir / "checkpoint_best.pth", map_location="cpu", weights_only=True)
+    assert best["epoch"] == 2  # the epoch without the sync loss does not stay the rendered one
+
+
 # ---------------------------------------------------------------- compiled steps and CUDA graphs
 
 

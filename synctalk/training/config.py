@@ -176,6 +176,13 @@ class UNetConfig(RunConfig):
     perceptual_weight: float = opt(0.01, "weight of the perceptual loss", low=0)
     sync_weight: float = opt(0.03, "weight of the sync loss (keep it small: the critic's gradient must not drown "
                                    "L1)", low=0)
+    sync_mode: str = opt("absolute", "what the sync loss asks: absolute (the critic's BCE of the prediction being in "
+                                     "sync) or relative (only to be as in sync as the real frame, as the critic scores "
+                                     "it: nothing where the prediction already matches it)",
+                         choices=("absolute", "relative"))
+    sync_start_epoch: int | None = opt(None, "first epoch with the sync loss (default: after a fifth of --epochs, "
+                                             "as the mouth critic: the critic then judges a drawn mouth, not a blur)",
+                                       type=int, low=1)
     mask: str | None = opt(None, "mouth mask x0,y0,x1,y1 in the 320 crop, end exclusive (default 5,5,315,310)",
                            frozen=True)
     see_res: bool = opt(False, "write a preview PNG per epoch (masked | predicted | real) to <run>/previews/")

@@ -3,11 +3,13 @@
 A sample is the inner 320 crop of frame i (target), the same crop with the mouth rectangle blacked
 out, the crop of a random other training frame (reference: what the person looks like), and the
 audio window of frame i. Loss = w_l1·L1 + w_p·perceptual (VGG19) + w_s·sync (the person's frozen
-SyncNet judging the prediction against the audio) + w_a·adversarial (a patch critic of the mouth,
+SyncNet judging the prediction against the audio, from a fifth of the epochs on; --sync_mode relative
+asks only for the real frame's score) + w_a·adversarial (a patch critic of the mouth,
 synctalk.training.adversarial; 0.02 from a fifth of the epochs on, --adversarial_weight 0 turns it off;
 --feature_matching_weight adds the distance of its hidden activations, generated vs real).
 Each epoch ends with held-out L1 and PSNR;
-checkpoint_best.pth is the epoch with the lowest held-out L1. `UNetTask` is what the training loop
+checkpoint_best.pth is the epoch with the lowest held-out L1 among those that every loss term took
+part in. `UNetTask` is what the training loop
 (synctalk.training.loop) runs; `synctalk train-unet` starts it.
 """
 
@@ -29,7 +31,7 @@ from ..data import (DEFAULT_MASK, Batch, FrameData, feature_audio_dim, frame_gro
 from ..errors import SyncTalkError
 from ..fileio import write_bytes_atomic
 from ..layout import DatasetLayout
-from ..losses import PerceptualLoss, load_perceptual_loss, sync_loss
+from ..losses import SYNC_MODES, PerceptualLoss, load_perceptual_loss, sync_loss
 from ..state import MAIN, SYNCNET, TrainingState
 from .adversarial import STATE_KEY as ADVERSARY_KEY, Adversary, build_adversary, default_start_epoch
 from .checkpoint import unwrap
@@ -51,19 +53,25 @@ class UNetLosses:
     """The weighted loss terms; returns (total, detached [total, l1, perceptual, sync])."""
 
     def __init__(self, l1_weight: float = 1.0, perceptual: torch.nn.Module | None = None,
-                 perceptual_weight: float = 0.01, syncnet: torch.nn.Module | None = None, sync_weight: float = 0.03):
+                 perceptual_weight: float = 0.01, syncnet: torch.nn.Module | None = None, sync_weight: float = 0.03,
+                 sync_mode: str = "absolute"):
+        if sync_mode not in SYNC_MODES:
+            raise SyncTalkError(f"--sync_mode must be one of {', '.join(SYNC_MODES)}, got {sync_mode!r}")
         self.l1_weight = l1_weight
         self.perceptual = perceptual if perceptual_weight else None
         self.perceptual_weight = perceptual_weight
         self.syncnet = syncnet if sync_weight else None
         self.sync_weight = sync_weight
+        self.sync_mode = sync_mode
 
     @property
     def group(self) -> int:
         """Consecutive frames each batch must come in (the SyncNet's face frames; 1 without one)."""
         return int(getattr(self.syncnet, "face_frames", 1)) if self.syncnet is not None else 1
 
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor, audio: torch.Tensor,
+                 sync: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sync` False: leave the critic out of this step (the epochs before --sync_start_epoch)."""
         l1 = (pred.float() - target.float()).abs().mean()
         zero = l1.new_zeros(())
         total = self.l1_weight * l1
@@ -72,8 +80,8 @@ class UNetLosses:
             perc = self.perceptual(pred, target).float()
             total = total + self.perceptual_weight * perc
         sync = zero
-        if self.syncnet is not None:
-            sync = sync_loss(self.syncnet, pred, audio).float()
+        if self.syncnet is not None and sync:
+            sync = sync_loss(self.syncnet, pred, audio, target if self.sync_mode == "relative" else None).float()
             total = total + self.sync_weight * sync
         return total, torch.stack([total, l1, perc, sync]).detach()
 
@@ -83,14 +91,15 @@ class UNetLosses:
 
 def unet_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batch: Batch,
               losses: UNetLosses, device: torch.device, amp: str, graphs: bool = False,
-              adversary: Adversary | None = None) -> torch.Tensor:
+              adversary: Adversary | None = None, sync: bool = True) -> torch.Tensor:
     """One optimisation step; returns the detached loss terms (a device tensor, no host sync).
     `graphs`: the networks were compiled with CUDA graphs (maybe_compile). `adversary`: add its
-    terms to the loss, then update the critic on this batch (the terms gain adversary.terms)."""
+    terms to the loss, then update the critic on this batch (the terms gain adversary.terms).
+    `sync` False: no sync loss in this step (before its start epoch)."""
     begin_step(graphs)
     with autocast(device, amp):
         pred = model(batch.img6, batch.audio)
-        total, parts = losses(pred, batch.target, batch.audio)
+        total, parts = losses(pred, batch.target, batch.audio, sync=sync)
         if adversary is not None:
             adv_total, adv_g = adversary.generator_loss(pred, batch.target)
             total = total + adv_total
@@ -292,6 +301,7 @@ class UNetTask(Task):
     def __init__(self, model: torch.nn.Module, data: FrameData, train_idx: Any, val_idx: Any, *,
                  perceptual: torch.nn.Module | None = None, syncnet: torch.nn.Module | None = None,
                  l1_weight: float = 1.0, perceptual_weight: float = 0.01, sync_weight: float = 0.03,
+                 sync_mode: str = "absolute", sync_start_epoch: int = 1,
                  mask: Sequence[int] = DEFAULT_MASK, see_res: bool = False, adversary: Adversary | None = None,
                  **kw: Any):
         super().__init__(model, data, train_idx, val_idx, **kw)
@@ -306,7 +316,8 @@ class UNetTask(Task):
         if syncnet is not None:
             syncnet = maybe_compile(prepare_module(syncnet.requires_grad_(False).eval(), dev, sp.channels_last),
                                     sp.compile, sp.cuda_graphs)
-        self.losses = UNetLosses(l1_weight, perceptual, perceptual_weight, syncnet, sync_weight)
+        self.losses = UNetLosses(l1_weight, perceptual, perceptual_weight, syncnet, sync_weight, sync_mode)
+        self.sync_start_epoch = int(sync_start_epoch)
         self.mask = tuple(mask)
         self.see_res = see_res
         self.group = self.losses.group  # > 1: the SyncNet judges runs of k frames, so batches come in such runs
@@ -343,6 +354,7 @@ class UNetTask(Task):
             fm_weight=cfg.feature_matching_weight)
         task = cls(unet, data, train_idx, val_idx, perceptual=perceptual, syncnet=syncnet,
                    l1_weight=cfg.l1_weight, perceptual_weight=cfg.perceptual_weight, sync_weight=cfg.sync_weight,
+                   sync_mode=cfg.sync_mode, sync_start_epoch=cfg.sync_start_epoch or default_start_epoch(cfg.epochs),
                    mask=mask, see_res=cfg.see_res, adversary=adversary, device=device, speed=speed, dist=dist,
                    seed=cfg.seed,
                    sync_bn=cfg.sync_bn, resume=resume,
@@ -373,21 +385,37 @@ class UNetTask(Task):
         for idx, ref in random_batches(self.pool, self.batch_size, self.group, generator, steps, self.device):
             yield self.data.unet_batch(idx, ref, self.mask), len(idx)
 
+    def _sync_on(self) -> bool:
+        """Whether the sync loss takes part in this epoch (a critic is loaded and its start epoch has come)."""
+        return self.losses.syncnet is not None and (self.epoch is None or self.epoch >= self.sync_start_epoch)
+
+    def _adversary_on(self) -> bool:
+        return self.adversary is not None and (self.epoch is None or self.adversary.active(self.epoch))
+
+    def stage_start(self) -> int:
+        """The epoch from which every loss term of the run takes part (1: all from the start)."""
+        starts = [1]
+        if self.losses.syncnet is not None:
+            starts.append(self.sync_start_epoch)
+        if self.adversary is not None:
+            starts.append(self.adversary.start_epoch)
+        return max(starts)
+
     def step(self, batch: Batch) -> torch.Tensor:
         """One optimisation step: [total, l1, perceptual, sync] (+ the adversary's terms) of the batch."""
         adv = self.adversary
-        if adv is not None and self.epoch is not None and not adv.active(self.epoch):
+        sync = self._sync_on()
+        if adv is not None and not self._adversary_on():
             parts = unet_step(self.step_model, self.optimizer, self.scaler, batch, self.losses, self.device,
-                              self.amp, self.graphs)
-            return torch.cat([parts, parts.new_zeros(len(adv.terms))])  # the L1 warm-up
+                              self.amp, self.graphs, sync=sync)
+            return torch.cat([parts, parts.new_zeros(len(adv.terms))])  # the warm-up without the critic
         return unet_step(self.step_model, self.optimizer, self.scaler, batch, self.losses, self.device, self.amp,
-                         self.graphs, adversary=adv)
+                         self.graphs, adversary=adv, sync=sync)
 
     def active_terms(self) -> tuple[str, ...]:
         """L1 always; perceptual, sync and the adversarial terms when they take part."""
-        adv = self.adversary is not None and (self.epoch is None or self.adversary.active(self.epoch))
         return ("train_loss", "l1") + (("perceptual",) if self.losses.perceptual is not None else ()) \
-            + (("sync",) if self.losses.syncnet is not None else ()) + (self.adversary.terms if adv else ())
+            + (("sync",) if self._sync_on() else ()) + (self.adversary.terms if self._adversary_on() else ())
 
     def extra_state(self) -> dict[str, Any]:
         """The critic's weights, optimizer and scaler (checkpoint_latest.pth only), when there is one."""
@@ -399,15 +427,14 @@ class UNetTask(Task):
                              mask=self.mask, batch_size=max(self.speed.batch_size, 16), seed=self.seed)
 
     def better(self, metrics: dict[str, float], best: dict[str, Any]) -> bool:
-        """A lower held-out L1 (training loss when there is no held-out tail). With the adversarial stage,
-        only its own epochs compete: the critic buys sharpness with a little L1, so an L1-only epoch
-        would otherwise stay "best" (and be rendered) for ever."""
+        """A lower held-out L1 (training loss when there is no held-out tail). Once every critic (the
+        mouth critic, the sync loss) takes part, only those epochs compete: a critic buys sharpness or sync
+        with a little L1, so an epoch without it would otherwise stay "best" (and be rendered) for ever."""
         def value(m: dict[str, Any]) -> float:
             return float(m.get("_value", m.get("val_l1", m.get("train_loss", float("inf")))))
 
-        adv = self.adversary
-        if adv is not None and self.epoch is not None and adv.active(self.epoch) \
-                and int(best.get("epoch", 0)) < adv.start_epoch:
+        start = self.stage_start()
+        if self.epoch is not None and self.epoch >= start and int(best.get("epoch", 0)) < start:
             return True
         return not best or value(metrics) < value(best)
 
@@ -426,6 +453,8 @@ class UNetTask(Task):
                 "perceptual": self.perceptual_name, "l1_weight": self.losses.l1_weight,
                 "perceptual_weight": self.losses.perceptual_weight,
                 "sync_weight": self.losses.sync_weight if self.losses.syncnet is not None else 0.0,
+                **({"sync_mode": self.losses.sync_mode, "sync_start_epoch": self.sync_start_epoch}
+                   if self.losses.syncnet is not None else {}),
                 **self._adversarial_config(),
                 "syncnet_checkpoint": str(self.syncnet_path.resolve()) if self.syncnet_path else None,
                 "amp": self.amp, "seed": self.seed, "frames": len(self.data), "crop_size": CROP_SIZE,
@@ -443,7 +472,8 @@ class UNetTask(Task):
     def describe(self) -> str:
         """The loss terms."""
         terms = ["L1"] + (["perceptual"] if self.losses.perceptual is not None else []) \
-            + (["sync"] if self.losses.syncnet is not None else [])
+            + ([f"sync ×{self.losses.sync_weight:g} ({self.losses.sync_mode}) from epoch {self.sync_start_epoch}"]
+               if self.losses.syncnet is not None else [])
         adv = self.adversary
         if adv is not None:
             fm = f", feature matching ×{adv.fm_weight:g}" if adv.fm_weight else ""

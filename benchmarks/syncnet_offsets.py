@@ -9,7 +9,16 @@ learns it too.) Last, the held-out balanced pairs (`val_acc`: own audio against 
 away): the accuracy at the logit's sign, at the best threshold, and the area under the ROC curve, which
 say whether a low binary accuracy is a matter of calibration (the threshold) or of separation.
 
+With `--unet`: what this critic's sync loss would ask of that UNet. Over the held-out tail in runs of
+the critic's frames (each frame's reference image a training frame's, as in training's validation),
+the BCE of the generated run being in sync beside that of the real run, the share of runs whose
+generated mouth the critic already scores at least as in sync as the real one, and the relative sync
+loss (`train-unet --sync_mode relative`: the mean of max(0, generated - real)). A critic that scores the
+UNet's mouths as well as the person's own has nothing to teach it through the relative loss, and its
+absolute loss then pushes the mouth past the real one.
+
     python benchmarks/syncnet_offsets.py --checkpoint checkpoint/May/syncnet/checkpoint_best.pth --name May
+    python benchmarks/syncnet_offsets.py --checkpoint ... --name May --unet checkpoint/May/checkpoint_best.pth
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val_fraction", type=float, default=0.1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--parts", type=int, default=4, help="the tail is also read in this many consecutive parts")
+    p.add_argument("--unet", type=Path, default=None, help="a UNet checkpoint of the person: how the critic scores "
+                                                            "its mouths against the real ones")
     args = p.parse_args(argv)
 
     from synctalk.data import load_frame_data
@@ -85,7 +96,47 @@ def main(argv: list[str] | None = None) -> int:
     acc0, best, threshold, auc = pair_separation(logits[pairs], labels[pairs])
     print(f"balanced pairs {where} ({int(pairs.sum())}): accuracy {acc0:.3f} at logit 0, {best:.3f} at the best "
           f"threshold ({threshold:+.2f}); ROC AUC {auc:.3f}")
+    if args.unet is not None:
+        generated, real, middle = critic_on_unet(model, args.unet, layout, data, _train, val, device)
+        for what, sel in (("all runs", np.ones(len(middle), bool)), (where, at[middle])):
+            if not sel.any():
+                continue
+            g, r = generated[sel], real[sel]
+            print(f"critic on the UNet's mouths, {what} ({int(sel.sum())} runs of {model.face_frames}): BCE generated "
+                  f"{g.mean():.4f}, real {r.mean():.4f}; generated at least as in sync {np.mean(g <= r):.3f}; "
+                  f"relative sync loss {np.maximum(g - r, 0).mean():.4f}")
     return 0
+
+
+def critic_on_unet(critic, unet_path: Path, layout, data, train, val, device,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(BCE of each generated run, of each real run, the held-out position of each run's middle frame): the
+    UNet of `unet_path` redraws the tail in runs of the critic's frames, each with a training frame's
+    crop as its reference image (drawn as training's validation draws them)."""
+    import torch
+
+    from synctalk.data import DEFAULT_MASK
+    from synctalk.losses import sync_bce
+    from synctalk.render import load_generator
+    from synctalk.training.unet import validation_references
+
+    unet, ckpt = load_generator(unet_path, device, layout=layout)
+    mask = tuple((ckpt.get("config") or {}).get("mask") or DEFAULT_MASK)
+    k = int(critic.face_frames)
+    count = len(val) // k * k
+    idx = torch.as_tensor(np.asarray(val[:count]), dtype=torch.long)
+    refs = validation_references(idx, train, seed)
+    generated, real = [], []
+    step = 8 * k
+    with torch.no_grad():
+        for start in range(0, count, step):
+            sl = slice(start, start + step)
+            b = data.unet_batch(idx[sl].to(device), refs[sl].to(device), mask)
+            pred = unet(b.img6, b.audio).float()
+            g, r = sync_bce(critic, torch.cat([pred, b.target.float()]), torch.cat([b.audio, b.audio])).chunk(2)
+            generated.append(g.cpu().numpy())
+            real.append(r.cpu().numpy())
+    return np.concatenate(generated), np.concatenate(real), np.arange(count // k) * k + k // 2
 
 
 def pair_separation(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float, float, float]:

@@ -135,39 +135,39 @@ def load_perceptual_loss(spec: str, models_dir: "str | os.PathLike | None" = Non
 SYNC_MODES = ("absolute", "relative")  # what the sync loss asks of a generated frame (see sync_loss)
 
 
+def sync_bce(syncnet: nn.Module, face: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """(G,) float32: a SyncNet's BCE-with-logits of each run of `face` being in sync with its `audio`.
+
+    A SyncNet of k > 1 frames judges consecutive runs: `face` is then (G·k, 3, H, W) in runs of k
+    consecutive frames and each run is scored against the audio of its middle frame.
+    """
+    frames = int(getattr(syncnet, "face_frames", 1))
+    if frames > 1:
+        if face.shape[0] % frames:
+            raise ValueError(f"a {frames}-frame SyncNet needs a batch in runs of {frames} frames, got {face.shape[0]}")
+        face = face.reshape(face.shape[0] // frames, frames * face.shape[1], *face.shape[2:])
+        audio = audio[frames // 2::frames]
+    logits = syncnet.logits(*syncnet(face, audio)).float()
+    return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
+
+
 def sync_loss(syncnet: nn.Module, face: torch.Tensor, audio: torch.Tensor,
               real: torch.Tensor | None = None) -> torch.Tensor:
-    """A frozen SyncNet's judgement of generated `face` against its `audio`.
+    """A frozen SyncNet's judgement of generated `face` against its `audio` (runs as in sync_bce).
 
-    Without `real` ("absolute"): BCE-with-logits of the face being in sync. With `real` (the true frames
-    of the same runs, "relative"): per run, how much worse the generated face scores than the real one,
+    Without `real` ("absolute"): the mean BCE of the face being in sync. With `real` (the true frames of
+    the same runs, "relative"): per run, how much worse the generated face scores than the real one,
     max(0, BCE(generated) - BCE(real)), averaged: a critic that doubts some real frames (every per-person
     SyncNet does) then asks the generator to be as in sync as the person, not more, and its gradient ends
     where the prediction reaches the real frame's score instead of pushing on towards patterns that fool it.
 
-    The caller freezes the SyncNet (eval mode, requires_grad False); gradients reach `face`. A
-    SyncNet of k > 1 frames judges consecutive runs: `face` is then (G·k, 3, H, W) in runs of k
-    consecutive frames and each run is scored against the audio of its middle frame.
+    The caller freezes the SyncNet (eval mode, requires_grad False); gradients reach `face`.
     """
-    frames = int(getattr(syncnet, "face_frames", 1))
-
-    def runs(x: torch.Tensor) -> torch.Tensor:
-        if frames == 1:
-            return x
-        if x.shape[0] % frames:
-            raise ValueError(f"a {frames}-frame SyncNet needs a batch in runs of {frames} frames, got {x.shape[0]}")
-        return x.reshape(x.shape[0] // frames, frames * x.shape[1], *x.shape[2:])
-
-    if frames > 1:
-        audio = audio[frames // 2::frames]
     if real is None:
-        logits = syncnet.logits(*syncnet(runs(face), audio)).float()
-        return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        return sync_bce(syncnet, face, audio).mean()
     # one pass over both (one compiled shape); the real frames only set the floor
-    both = torch.cat([runs(face), runs(real.detach().to(face.dtype))])
-    logits = syncnet.logits(*syncnet(both, torch.cat([audio, audio]))).float()
-    bce = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
-    generated, floor = bce.chunk(2)
+    generated, floor = sync_bce(syncnet, torch.cat([face, real.detach().to(face.dtype)]),
+                                torch.cat([audio, audio])).chunk(2)
     return (generated - floor.detach()).clamp_min(0.0).mean()
 
 

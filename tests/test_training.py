@@ -417,6 +417,19 @@ def test_the_sync_loss_joins_at_its_start_epoch_and_the_best_epoch_waits_for_it(
     best = torch.load(unet_dir / "checkpoint_best.pth", map_location="cpu", weights_only=True)
     assert best["epoch"] == 2  # the epoch without the sync loss does not stay the rendered one
 
+    # what the critic asks of this UNet (benchmarks/syncnet_offsets.py --unet): BCEs and their relative gap
+    from benchmarks.syncnet_offsets import main as offsets_main
+
+    critic = state_of(work, "sal")["syncnet_training"]["checkpoint"]
+    assert offsets_main(["--checkpoint", critic, "--name", "sal", "--dataset_dir", str(work / "dataset"),
+                         "--unet", str(unet_dir / "checkpoint_best.pth")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("critic on the UNet's mouths, all"))
+    words = line.replace(";", "").replace(",", "").split()
+    g, r = float(words[words.index("generated") + 1]), float(words[words.index("real") + 1])
+    share, gap = float(words[words.index("sync") + 1]), float(words[-1])
+    assert g > 0 and r > 0 and 0.0 <= share <= 1.0
+    assert max(0.0, g - r) - 1e-4 <= gap <= g + 1e-4  # mean of max(0, g-r): at least the gap of the means, at most g
+
 
 # ---------------------------------------------------------------- compiled steps and CUDA graphs
 

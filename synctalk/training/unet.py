@@ -139,6 +139,14 @@ def random_batches(pool: torch.Tensor, batch_size: int, group: int, generator: t
 # ---------------------------------------------------------------- validation and previews
 
 
+def validation_references(val_idx: Any, train_idx: Any, seed: int = 0) -> torch.Tensor:
+    """The reference frame of each held-out frame in validation: training frames drawn by a generator of
+    its own, so every epoch (and a diagnostic of the same run) sees the same ones."""
+    g = torch.Generator().manual_seed(seed + 104729)
+    return reference_indices(torch.as_tensor(np.asarray(val_idx), dtype=torch.long),
+                             torch.as_tensor(np.asarray(train_idx), dtype=torch.long), g)
+
+
 def evaluate_unet(model: torch.nn.Module, data: FrameData, val_idx: Any, train_idx: Any, *, device: torch.device,
                   amp: str = "none", mask: Sequence[int] | None = None, batch_size: int = 16,
                   seed: int = 0) -> dict[str, float]:
@@ -150,8 +158,7 @@ def evaluate_unet(model: torch.nn.Module, data: FrameData, val_idx: Any, train_i
     was_training = raw.training
     raw.eval()
     v = torch.as_tensor(np.asarray(val_idx), dtype=torch.long)
-    g = torch.Generator().manual_seed(seed + 104729)  # the same references every epoch
-    ref = reference_indices(v, torch.as_tensor(np.asarray(train_idx), dtype=torch.long), g)
+    ref = validation_references(v, train_idx, seed)
     l1_sum = torch.zeros((), device=device)
     psnr_sum = torch.zeros((), device=device)
     with torch.no_grad():

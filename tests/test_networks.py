@@ -231,6 +231,24 @@ def test_the_relative_sync_loss_asks_only_to_be_as_in_sync_as_the_real_frame() -
         assert all(p.grad is None for p in net.parameters())
 
 
+def test_the_unet_loss_adds_the_sync_term_only_from_its_start() -> None:
+    from synctalk.training.unet import UNetLosses
+
+    torch.manual_seed(0)
+    net = SyncNet("mel", "tiny").eval().requires_grad_(False)
+    pred, target, audio = torch.rand(2, 3, 320, 320), torch.rand(2, 3, 320, 320), _audio("mel", 2)
+    l1 = float((pred - target).abs().mean())
+    for mode, real in (("absolute", None), ("relative", target)):
+        losses = UNetLosses(perceptual=None, perceptual_weight=0.0, syncnet=net, sync_weight=0.5, sync_mode=mode)
+        total, parts = losses(pred, target, audio)
+        expected = float(sync_loss(net, pred, audio, real))
+        assert float(parts[3]) == pytest.approx(expected) and float(total) == pytest.approx(l1 + 0.5 * expected)
+        if mode == "absolute":
+            assert expected > 0  # the critic's term really takes part
+        total, parts = losses(pred, target, audio, sync=False)  # an epoch before --sync_start_epoch
+        assert float(parts[3]) == 0.0 and float(total) == pytest.approx(l1)
+
+
 def _torchvision_layout_state_dict() -> dict[str, torch.Tensor]:
     """A randomly initialised state dict shaped like torchvision's vgg19 (features + classifier)."""
     sd = {k: v.clone() for k, v in VGG19Features().state_dict().items()}

@@ -79,11 +79,11 @@ class UNetLosses:
         if self.perceptual is not None:
             perc = self.perceptual(pred, target).float()
             total = total + self.perceptual_weight * perc
-        sync = zero
+        sync_term = zero
         if self.syncnet is not None and sync:
-            sync = sync_loss(self.syncnet, pred, audio, target if self.sync_mode == "relative" else None).float()
-            total = total + self.sync_weight * sync
-        return total, torch.stack([total, l1, perc, sync]).detach()
+            sync_term = sync_loss(self.syncnet, pred, audio, target if self.sync_mode == "relative" else None).float()
+            total = total + self.sync_weight * sync_term
+        return total, torch.stack([total, l1, perc, sync_term]).detach()
 
 
 # ---------------------------------------------------------------- steps

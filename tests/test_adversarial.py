@@ -103,8 +103,15 @@ def test_the_critic_is_on_by_default_from_a_fifth_of_the_epochs() -> None:
     from synctalk.training.adversarial import default_start_epoch
     from synctalk.training.config import UNetConfig
 
+    from synctalk.training.unet import feature_matching_weight
+
     cfg = UNetConfig()
     assert cfg.adversarial_weight == 0.02 and cfg.adversarial_start_epoch is None and cfg.lr_schedule == "cosine"
+    # feature matching at 1 comes with the critic; --adversarial_weight 0 still means L1 alone, no critic
+    assert feature_matching_weight(cfg) == 1.0
+    assert feature_matching_weight(UNetConfig(adversarial_weight=0.0)) == 0.0
+    assert feature_matching_weight(UNetConfig(adversarial_weight=0.0, feature_matching_weight=0.5)) == 0.5
+    assert feature_matching_weight(UNetConfig(feature_matching_weight=0.0)) == 0.0
     assert [default_start_epoch(n) for n in (1, 2, 5, 10, 26, 100)] == [1, 1, 2, 3, 6, 21]
     assert UNetConfig.QUICK["adversarial_weight"] == 0.0  # --quick stays the plain L1 trial
 
@@ -127,7 +134,7 @@ def test_an_adversarial_run_checkpoints_its_critic_and_resumes_it_exactly(source
     assert train_unet(work, "ada", "--epochs", "2", "--adversarial_weight", "0.05",
                       "--adversarial_start_epoch", "2", "--disc_lr", "3e-4") == 0
     out = capsys.readouterr().out
-    assert "adversarial ×0.05 from epoch 2" in out
+    assert "adversarial ×0.05, feature matching ×1 from epoch 2" in out  # feature matching comes with the critic
     first = [ln for ln in out.splitlines() if "UNet epoch 1/2" in ln][0]
     second = [ln for ln in out.splitlines() if "UNet epoch 2/2" in ln][0]
     assert "adv_g" not in first and "adv_g" in second and "adv_d" in second  # L1 alone before its epoch

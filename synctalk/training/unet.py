@@ -6,7 +6,8 @@ audio window of frame i. Loss = w_l1·L1 + w_p·perceptual (VGG19) + w_s·sync (
 SyncNet judging the prediction against the audio, from a fifth of the epochs on; --sync_mode relative
 asks only for the real frame's score) + w_a·adversarial (a patch critic of the mouth,
 synctalk.training.adversarial; 0.02 from a fifth of the epochs on, --adversarial_weight 0 turns it off;
---feature_matching_weight adds the distance of its hidden activations, generated vs real).
+--feature_matching_weight, 1 by default with the critic, adds the distance of its hidden activations,
+generated vs real).
 Each epoch ends with held-out L1 and PSNR;
 checkpoint_best.pth is the epoch with the lowest held-out L1 among those that every loss term took
 part in. `UNetTask` is what the training loop
@@ -285,6 +286,16 @@ def choose_perceptual(choice: str, models_dir: str | None, dist: Distributed) ->
         return choice, load_perceptual_loss(choice, models_dir)
 
 
+DEFAULT_FEATURE_MATCHING = 1.0  # with the mouth critic on; --adversarial_weight 0 keeps the plain L1 run
+
+
+def feature_matching_weight(cfg: UNetConfig) -> float:
+    """--feature_matching_weight, or its default: 1 when the mouth critic trains, 0 when it is off."""
+    if cfg.feature_matching_weight is not None:
+        return float(cfg.feature_matching_weight)
+    return DEFAULT_FEATURE_MATCHING if cfg.adversarial_weight else 0.0
+
+
 def parse_disc_box(text: str | None) -> tuple[int, int, int, int] | None:
     """--disc_box x0,y0,x1,y1 (the critic's mouth box in the 320 crop) → a checked tuple; None: the default."""
     if not text:
@@ -358,7 +369,7 @@ class UNetTask(Task):
             width=AUTO_WIDTH.get(cfg.width or "full", "mobile") if cfg.disc_width == "auto" else cfg.disc_width,
             box=parse_disc_box(cfg.disc_box), device=device, amp=speed.amp,
             channels_last=speed.channels_last, dist=dist, resume=resume, seed=cfg.seed,
-            fm_weight=cfg.feature_matching_weight)
+            fm_weight=feature_matching_weight(cfg))
         task = cls(unet, data, train_idx, val_idx, perceptual=perceptual, syncnet=syncnet,
                    l1_weight=cfg.l1_weight, perceptual_weight=cfg.perceptual_weight, sync_weight=cfg.sync_weight,
                    sync_mode=cfg.sync_mode, sync_start_epoch=cfg.sync_start_epoch or default_start_epoch(cfg.epochs),

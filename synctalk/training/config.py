@@ -237,9 +237,10 @@ def check_ranges(cfg: Any) -> None:
         flag = flag_names(f)[0]
         if isinstance(value, float) and not math.isfinite(value):
             raise SyncTalkError(f"{flag} must be a finite number, got {value}")
-        if low is not None and f.metadata.get("open_low") and not value > low:
-            raise SyncTalkError(f"{flag} must be above {low:g}, got {value:g}")
-        if low is not None and not value >= low:
+        if low is not None and f.metadata.get("open_low"):
+            if not value > low:
+                raise SyncTalkError(f"{flag} must be above {low:g}, got {value:g}")
+        elif low is not None and not value >= low:
             raise SyncTalkError(f"{flag} must be at least {low:g}, got {value:g}")
         if high is not None and not value <= high:
             raise SyncTalkError(f"{flag} must be at most {high:g}, got {value:g}")

@@ -190,7 +190,7 @@ class UNetConfig(RunConfig):
     adversarial_weight: float = opt(0.02, "weight of the mouth critic's hinge loss in the UNet's loss (0: off, no "
                                           "critic built: L1 alone)", low=0)
     # measured on grid_s1_5min (two seeds against three runs without it): held-out sync 0.867 / 0.872 against
-    # 0.848-0.852, the same mouth PSNR, the unseen sentences at the top of the range of the runs without it
+    # 0.848-0.852, the same mouth PSNR; on the unseen sentences (one run) at the top of their range or inside it
     feature_matching_weight: float | None = opt(None, "weight of feature matching: the L1 distance between the "
                                                       "mouth critic's hidden activations of the prediction and of "
                                                       "the real frame (a perceptual loss learnt from the person's "

@@ -108,24 +108,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def critic_on_unet(critic, unet_path: Path, layout, data, train, val, device,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def critic_on_unet(critic, unet_path: Path, layout, data, train, val,
+                   device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(BCE of each generated run, of each real run, the held-out position of each run's middle frame): the
     UNet of `unet_path` redraws the tail in runs of the critic's frames, each with a training frame's
     crop as its reference image (drawn as training's validation draws them)."""
     import torch
 
-    from synctalk.data import DEFAULT_MASK
+    from synctalk.data import parse_mask
     from synctalk.losses import sync_bce
     from synctalk.render import load_generator
     from synctalk.training.unet import validation_references
 
     unet, ckpt = load_generator(unet_path, device, layout=layout)
-    mask = tuple((ckpt.get("config") or {}).get("mask") or DEFAULT_MASK)
+    config = ckpt.get("config") or {}
+    mask = parse_mask(config.get("mask"))  # as the renderer reads it
     k = int(critic.face_frames)
     count = len(val) // k * k
     idx = torch.as_tensor(np.asarray(val[:count]), dtype=torch.long)
-    refs = validation_references(idx, train, seed)
+    refs = validation_references(idx, train, int(config.get("seed") or 0))  # the run's own validation draw
     generated, real = [], []
     step = 8 * k
     with torch.no_grad():

@@ -220,7 +220,7 @@ def test_the_relative_sync_loss_asks_only_to_be_as_in_sync_as_the_real_frame() -
         assert float(sync_loss(net, real.clone(), audio, real)) == 0.0
         gen = (real + 0.3 * torch.randn_like(real)).requires_grad_(True)
         rel = sync_loss(net, gen, audio, real)
-        # per run: max(0, BCE(generated) - BCE(real)), which the two absolute losses bound from below
+        # per run: max(0, BCE(generated) - BCE(real)), read from two absolute losses of that run
         per_run = [max(0.0, float(sync_loss(net, gen.detach()[i:i + frames], audio[i:i + frames]))
                        - float(sync_loss(net, real[i:i + frames], audio[i:i + frames])))
                    for i in range(0, 2 * frames, frames)]
